@@ -1,0 +1,86 @@
+"""Plainly written scoring loops the scorer is checked and benchmarked against.
+
+- ``reference_scores``: each pair padded alone to 228 with the tokenizer's pad token and
+  passed through ``AutoModelForSequenceClassification`` as is: the definition of a DeAR
+  score. The parity tests compare the scorer with it.
+- ``official_loop``: DeAR's ``inference.py``: padded to 228, batch 64, fp16 autocast on GPU.
+- ``fast_rerank_loop``: the model cards' ``fast_rerank``: the tokenizer's pair template,
+  ``padding=True``, unsorted batches of 128 (its scores depend on batch neighbours).
+
+Each returns float32 scores in input order and the number of positions it computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .layout import Layout, PairEncoder, doc_text, query_text
+
+
+def _padded(encoder: PairEncoder, ids: Sequence[Sequence[int]], length: int):
+    import torch
+
+    n = len(ids)
+    input_ids = torch.full((n, length), encoder.pad_id, dtype=torch.long)
+    attention = torch.zeros((n, length), dtype=torch.long)
+    for r, seq in enumerate(ids):
+        input_ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention[r, : len(seq)] = 1
+    return input_ids, attention
+
+
+def _padded_loop(loaded: Any, queries, titles, texts, *, layout: Layout, batch_size: int, autocast: bool):
+    import torch
+
+    encoder = PairEncoder(loaded.tokenizer, layout, pool_pad_id=loaded.pool_pad_id, pad_id=loaded.pad_id)
+    ids, _ = encoder.encode(queries, titles, texts)
+    device = torch.device(loaded.device)
+    out = np.empty(len(ids), dtype=np.float32)
+    computed = 0
+    with torch.inference_mode():
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start : start + batch_size]
+            input_ids, attention = _padded(encoder, chunk, layout.padded_length)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=autocast):
+                logits = loaded.model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+            out[start : start + len(chunk)] = logits.float()[:, 0].cpu().numpy()
+            computed += input_ids.numel()
+    return out, computed
+
+
+def reference_scores(loaded: Any, queries, titles, texts, *, layout: Layout | None = None) -> np.ndarray:
+    """The DeAR score of each pair: padded alone to 228, the Hugging Face model as is."""
+    scores, _ = _padded_loop(loaded, queries, titles, texts, layout=layout or Layout(), batch_size=1, autocast=False)
+    return scores
+
+
+def official_loop(loaded: Any, queries, titles, texts, *, layout: Layout | None = None, batch_size: int = 64):
+    """DeAR's evaluation loop: pad to 228, batch 64, fp16 autocast on CUDA (fp32 on CPU)."""
+    on_cuda = str(loaded.device).startswith("cuda")
+    return _padded_loop(loaded, queries, titles, texts, layout=layout or Layout(), batch_size=batch_size, autocast=on_cuda)
+
+
+def fast_rerank_loop(loaded: Any, queries, titles, texts, *, layout: Layout | None = None, batch_size: int = 128):
+    """The model cards' ``fast_rerank``: pair template, ``padding=True``, unsorted batches."""
+    import torch
+
+    layout = layout or Layout()
+    device = torch.device(loaded.device)
+    tok = loaded.tokenizer
+    out = np.empty(len(queries), dtype=np.float32)
+    computed = 0
+    titles = titles if titles is not None else [""] * len(queries)
+    with torch.inference_mode():
+        for start in range(0, len(queries), batch_size):
+            stop = start + batch_size
+            q = [query_text(x, layout) for x in queries[start:stop]]
+            d = [doc_text(t, x, layout) for t, x in zip(titles[start:stop], texts[start:stop])]
+            enc = tok(q, d, return_tensors="pt", truncation=True, max_length=layout.padded_length, padding=True)
+            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            logits = loaded.model(**enc).logits
+            out[start : start + len(q)] = logits.float()[:, 0].cpu().numpy()
+            computed += enc["input_ids"].numel()
+    return out, computed

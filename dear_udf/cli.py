@@ -1,0 +1,53 @@
+"""The ``dear-rerank`` command: one subcommand per module.
+
+Each subcommand module exposes ``add_arguments(parser)`` and ``main(args) -> int`` and
+imports nothing heavy at module level, so ``dear-rerank --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from .exceptions import DearRerankError
+
+COMMANDS = {
+    "score": ("dear_udf.score_file", "score a Parquet file of (query, document) pairs"),
+    "run": ("dear_udf.spark.job", "rerank first-stage candidates with Spark and write the top-k"),
+    "demo": ("dear_udf.demo", "run the whole job locally on a tiny offline model and synthetic data"),
+    "eval": ("dear_udf.evaluate", "evaluate a run against qrels with ir-measures"),
+    "report": ("dear_udf.report", "plot first-stage vs reranked nDCG@10 and the score distribution"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dear-rerank", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command)
+        command.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dear-rerank`` console script (also a Databricks wheel task)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args._module.main(args) or 0)
+    except DearRerankError as exc:
+        print(f"dear-rerank {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""``dear-rerank score``: score a Parquet file of pairs with the scoring core, no Spark.
+
+For people debugging a model and for checks outside the test suite:
+
+    dear-rerank score --model PATH [--adapter PATH] --pairs IN.parquet --out OUT.parquet \\
+        [--dtype float32|bfloat16|float16] [--device cpu|cuda|cuda:N] [--batch-size N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import schema as S
+from .exceptions import InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="full model, or base model of --adapter (id or directory)")
+    parser.add_argument("--adapter", help="PEFT LoRA adapter (id or directory)")
+    parser.add_argument("--pairs", required=True, help="Parquet with query_id, doc_id, query, text[, title]")
+    parser.add_argument("--out", required=True, help="Parquet to write: query_id, doc_id, score")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=128, help="pairs per micro-batch")
+    parser.add_argument("--max-tokens", type=int, default=None, help="optional token budget per micro-batch")
+    parser.add_argument("--revision", help="revision pin for hub ids")
+    parser.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights")
+
+
+def read_pairs(path: str):
+    """Read the pairs table and check its columns; returns a pyarrow Table."""
+    import pyarrow.parquet as pq
+
+    if not Path(path).exists():
+        raise InputError(f"{path}: no such file.")
+    table = pq.read_table(path)
+    missing = [c for c in (S.QUERY_ID, S.DOC_ID, S.QUERY, S.TEXT) if c not in table.column_names]
+    if missing:
+        raise InputError(f"{path}: missing columns {missing}; has {table.column_names}.")
+    return table
+
+
+def main(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .model import ModelSpec, load_model
+    from .scorer import Scorer
+
+    table = read_pairs(args.pairs)
+    spec = ModelSpec(
+        model=args.model,
+        adapter=args.adapter,
+        dtype=args.dtype,
+        device=args.device,
+        revision=args.revision,
+        allow_pickle=args.allow_pickle,
+    )
+    loaded = load_model(spec)
+    scorer = Scorer(loaded, batch_size=args.batch_size, max_tokens=args.max_tokens)
+    titles = table.column(S.TITLE).to_pylist() if S.TITLE in table.column_names else None
+    scores = scorer.score(
+        table.column(S.QUERY).to_pylist(), titles, table.column(S.TEXT).to_pylist()
+    )
+    out = pa.table(
+        {
+            S.QUERY_ID: table.column(S.QUERY_ID).cast(pa.string()),
+            S.DOC_ID: table.column(S.DOC_ID).cast(pa.string()),
+            S.SCORE: pa.array(scores, type=pa.float32()),
+        },
+        schema=S.SCORES_ARROW_SCHEMA,
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(out, args.out)
+    print(json.dumps({"pairs": len(scores), "out": args.out, "model": loaded.label, **scorer.stats.as_dict()}))
+    return 0

@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny DeAR models built once per test session, offline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Paths of the tiny models: both pooling variants and a LoRA adapter over each."""
+    from dear_udf.testing import build_lora_adapter, build_tiny_dear
+
+    root = tmp_path_factory.mktemp("models")
+    paths = {}
+    for pooling in ("index227", "last"):
+        base = build_tiny_dear(root / pooling, pooling=pooling)
+        paths[pooling] = base
+        paths[f"{pooling}-lora"] = build_lora_adapter(base, root / f"{pooling}-lora")
+    paths["no-head-lora"] = build_lora_adapter(paths["index227"], root / "no-head-lora", with_score_head=False)
+    return paths
