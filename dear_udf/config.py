@@ -1,0 +1,172 @@
+"""Job configuration: frozen dataclasses, filled from an optional YAML file and flags.
+
+YAML files in ``conf/`` hold per-environment values only; their keys are the field names
+below, nested as ``model:``, ``layout:``, ``queries:``/``corpus:``/``candidates:``/``qrels:``
+and ``spark_conf:``. Unknown keys are refused by name. Command-line flags override the file.
+
+Example ``conf/local.yaml``::
+
+    master: "local[2]"
+    format: delta
+    top_k: 10
+    spark_conf:
+      spark.sql.shuffle.partitions: "4"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .exceptions import ConfigError
+from .layout import Layout
+from .model import ModelSpec
+
+InputFormat = Literal["parquet", "delta", "table", "jsonl", "tsv", "trec", "qrels", "beir"]
+INPUT_FORMATS = ("parquet", "delta", "table", "jsonl", "tsv", "trec", "qrels", "beir")
+OutputFormat = Literal["delta", "parquet"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input table.
+
+    Args:
+        path: file, folder, Delta table folder, or ``catalog.schema.table``.
+        format: one of ``INPUT_FORMATS``; None infers it from the path.
+        columns: canonical name -> name in this table, e.g. ``{"doc_id": "pid"}``.
+    """
+
+    path: str
+    format: InputFormat | None = None
+    columns: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("input path must be a non-empty string, got ''.")
+        if self.format is not None and self.format not in INPUT_FORMATS:
+            raise ConfigError(f"format must be one of {INPUT_FORMATS}, got {self.format!r}.")
+
+
+def default_run_id() -> str:
+    """The night's date (UTC): rerunning the same night replaces that night's rows."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything one reranking run needs. See ``dear-rerank run --help``."""
+
+    queries: InputSpec
+    corpus: InputSpec
+    candidates: InputSpec
+    output: str
+    model: ModelSpec
+    format: OutputFormat = "delta"
+    top_k: int = 10
+    depth: int = 100
+    run_id: str = field(default_factory=default_run_id)
+    summary: str | None = None  # default: <output>.summary.json beside the table
+    qrels: InputSpec | None = None
+    trec_out: str | None = None
+    batch_size: int = 128
+    max_tokens: int | None = None
+    layout: Layout = field(default_factory=Layout)
+    master: str | None = None  # None: use the session spark-submit/Databricks gives
+    arrow_batch_size: int = 10000  # spark.sql.execution.arrow.maxRecordsPerBatch
+    scoring_partitions: int | None = None  # None: Spark's default parallelism
+    spark_conf: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "depth", "batch_size", "arrow_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        if self.format not in ("delta", "parquet"):
+            raise ConfigError(f"format must be 'delta' or 'parquet', got {self.format!r}.")
+        if not self.run_id or "/" in self.run_id or "=" in self.run_id:
+            raise ConfigError(f"run_id must be non-empty and hold no '/' or '=', got {self.run_id!r}.")
+        if not self.output:
+            raise ConfigError("output must be a non-empty path, got ''.")
+
+    @property
+    def summary_path(self) -> str:
+        """Where the run summary goes: beside the table, never inside it."""
+        if self.summary:
+            return self.summary
+        return str(Path(self.output.rstrip("/"))) + ".summary.json"
+
+
+_NESTED = {"model": ModelSpec, "layout": Layout}
+_INPUTS = ("queries", "corpus", "candidates", "qrels")
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}.")
+    return cls(**values)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into plain values; refuses unknown keys later, by name."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}.")
+    return data
+
+
+def build_job_config(values: Mapping[str, Any], *, where: str = "config") -> JobConfig:
+    """Build a ``JobConfig`` from nested plain values (YAML merged with flags).
+
+    Inputs may be a path string or a mapping with ``path``/``format``/``columns``.
+    """
+    values = dict(values)
+    job_fields = {f.name for f in dataclasses.fields(JobConfig)}
+    unknown = sorted(set(values) - job_fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(job_fields)}.")
+    for name in _INPUTS:
+        raw = values.get(name)
+        if raw is None:
+            continue
+        if isinstance(raw, str):
+            raw = {"path": raw}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: {name} must be a path or a mapping, got {raw!r}.")
+        values[name] = _build(InputSpec, raw, f"{where}: {name}")
+    for name, cls in _NESTED.items():
+        raw = values.get(name)
+        if isinstance(raw, Mapping):
+            values[name] = _build(cls, raw, f"{where}: {name}")
+    if isinstance(values.get("spark_conf"), Mapping):
+        values["spark_conf"] = {str(k): str(v) for k, v in values["spark_conf"].items()}
+    missing = [n for n in ("queries", "corpus", "candidates", "output", "model") if values.get(n) in (None, "")]
+    if missing:
+        raise ConfigError(f"{where}: missing required setting(s) {missing}.")
+    if values.get("run_id") is None:
+        values.pop("run_id", None)
+    return JobConfig(**values)
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into ``base``; None values in ``override`` are ignored."""
+    out = dict(base)
+    for key, value in override.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
