@@ -107,6 +107,11 @@ class PairEncoder:
         self._query_char_cap = layout.query_max_tokens * longest_token + 1024
         self._doc_char_cap = layout.doc_max_tokens * longest_token + 1024
 
+    @property
+    def char_caps(self) -> tuple[int, int]:
+        """Characters of query and document text beyond which the ids cannot change."""
+        return self._query_char_cap, self._doc_char_cap
+
     def _tokenize(self, texts: list[str], max_tokens: int) -> list[list[int]]:
         if not texts:
             return []

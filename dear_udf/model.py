@@ -209,30 +209,12 @@ def _torch_dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
-    """Load the tokenizer and model of ``spec`` for scoring.
+def resolve_model_dirs(spec: ModelSpec) -> tuple[Path, Path | None]:
+    """Local directories of the base (or full) model and of the adapter, checked.
 
-    Args:
-        spec: what to load.
-        device: overrides ``spec.device`` (the Spark adapter passes the task's GPU).
-
-    Returns:
-        A ``LoadedModel`` in eval mode on its device.
-
-    Raises:
-        ModelLoadError: naming the path, the file and the reason.
-
-    Example:
-        >>> loaded = load_model(ModelSpec(model="/models/dear-3b-reranker-ce-v1", dtype="bfloat16", device="cuda"))
-        >>> loaded.label
+    The adapter's base comes from its ``adapter_config.json`` unless ``spec.model`` is set.
+    An adapter without ``score`` weights is refused: its head would be random.
     """
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    start = time.perf_counter()
-    device = device or spec.device or "cpu"
-    dirs: list[Path] = []
-
     adapter_dir: Path | None = None
     base_name = spec.model
     if spec.adapter:
@@ -255,23 +237,87 @@ def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
             if not base_name:
                 raise ModelLoadError(f"{config_path}: names no base_model_name_or_path; pass the base with --model.")
     assert base_name is not None
-    # A revision pin applies to the model that is fetched by id: the adapter when given.
-    base_revision = None if spec.adapter else spec.revision
-    base_dir = resolve_dir(base_name, spec, base_revision)
+    # A revision pin applies to the model fetched by id: the adapter when there is one.
+    base_dir = resolve_dir(base_name, spec, None if spec.adapter else spec.revision)
     _check_weights(base_dir, spec, "model")
-    dirs.append(base_dir)
-    if adapter_dir is not None:
-        dirs.append(adapter_dir)
+    return base_dir, adapter_dir
 
-    common = {"local_files_only": True, "trust_remote_code": False}
+
+def load_tokenizer(base_dir: Path, adapter_dir: Path | None = None) -> Any:
+    """The pair's tokenizer (the adapter's own when it ships one), pad falling back to EOS."""
+    from transformers import AutoTokenizer
+
+    source = adapter_dir if adapter_dir is not None and (adapter_dir / "tokenizer.json").exists() else base_dir
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir if adapter_dir and (adapter_dir / "tokenizer.json").exists() else base_dir), **common)
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"{base_dir}: could not load the tokenizer (tokenizer.json?): {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"{source}: could not load the tokenizer (tokenizer.json?): {type(exc).__name__}: {exc}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.pad_token_id is None:
-        raise ModelLoadError(f"{base_dir}: the tokenizer has neither a pad nor an eos token.")
+        raise ModelLoadError(f"{source}: the tokenizer has neither a pad nor an eos token.")
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the driver knows of a model without loading its weights."""
+
+    spec: ModelSpec
+    fingerprint: str
+    revision: str | None
+    char_cap: int  # no text longer than this can change the layout's ids
+
+    @property
+    def label(self) -> str:
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{self.spec.name}{rev}#{self.fingerprint[:16]}"
+
+
+def inspect_model(spec: ModelSpec, layout: Any = None) -> ModelInfo:
+    """Resolve, check and fingerprint a model on the driver, loading only its tokenizer."""
+    from .layout import Layout, PairEncoder
+
+    base_dir, adapter_dir = resolve_model_dirs(spec)
+    dirs = [base_dir] + ([adapter_dir] if adapter_dir else [])
+    tokenizer = load_tokenizer(base_dir, adapter_dir)
+    layout = layout or Layout()
+    encoder = PairEncoder(tokenizer, layout, pool_pad_id=None, pad_id=tokenizer.pad_token_id)
+    fingerprint, _ = fingerprint_files(dirs)
+    return ModelInfo(
+        spec=spec,
+        fingerprint=fingerprint,
+        revision=_revision_of(adapter_dir or base_dir, spec.revision),
+        char_cap=max(encoder.char_caps),
+    )
+
+
+def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
+    """Load the tokenizer and model of ``spec`` for scoring.
+
+    Args:
+        spec: what to load.
+        device: overrides ``spec.device`` (the Spark adapter passes the task's GPU).
+
+    Returns:
+        A ``LoadedModel`` in eval mode on its device.
+
+    Raises:
+        ModelLoadError: naming the path, the file and the reason.
+
+    Example:
+        >>> loaded = load_model(ModelSpec(model="/models/dear-3b-reranker-ce-v1", dtype="bfloat16", device="cuda"))
+        >>> loaded.label
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    start = time.perf_counter()
+    device = device or spec.device or "cpu"
+    base_dir, adapter_dir = resolve_model_dirs(spec)
+    dirs = [base_dir] + ([adapter_dir] if adapter_dir else [])
+    common = {"local_files_only": True, "trust_remote_code": False}
+    tokenizer = load_tokenizer(base_dir, adapter_dir)
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(

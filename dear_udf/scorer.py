@@ -13,7 +13,7 @@ id) are pooled there directly. This needs an attention path that honours an expl
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +135,29 @@ class Scorer:
         """Scores of the rows, float32, in input order. Nulls read as empty strings."""
         ids, pool = self.encoder.encode(queries, titles, texts)
         return self.score_ids(ids, pool)
+
+    def score_stream(self, chunks: Iterable[tuple[Sequence[Any], Sequence[Any] | None, Sequence[Any]]]) -> Iterator[np.ndarray]:
+        """Score an iterator of (queries, titles, texts) chunks, yielding scores per chunk.
+
+        On CUDA the next chunk is tokenized in a background thread while the GPU works
+        on the current one (fast tokenizers release the GIL); on CPU both would compete
+        for the same cores, so chunks are handled one after the other.
+        """
+        if self.device.type != "cuda":
+            for queries, titles, texts in chunks:
+                yield self.score(queries, titles, texts)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dear-tokenize") as pool:
+            pending = None
+            for queries, titles, texts in chunks:
+                future = pool.submit(self.encoder.encode, queries, titles, texts)
+                if pending is not None:
+                    yield self.score_ids(*pending.result())
+                pending = future
+            if pending is not None:
+                yield self.score_ids(*pending.result())
 
     def score_ids(self, ids: Sequence[Sequence[int]], pool: Sequence[int]) -> np.ndarray:
         """Scores of already-encoded pairs, in input order."""

@@ -1,11 +1,287 @@
-"""Placeholder: being built."""
+"""The reranking job: read -> join -> score -> top-k -> write -> summary.
+
+Run it as ``dear-rerank run ...``, as ``spark-submit jobs/rerank.py ...`` with the same
+flags, or from a Databricks wheel task (entry point ``dear-rerank``, parameters
+``["run", ...]``). Flags override the optional ``--config`` YAML file.
+
+Example:
+    >>> summary = run_job(build_job_config({...}))
+    >>> summary.accounted
+    True
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any
 
-def add_arguments(parser) -> None:
-    pass
+from .. import schema as S
+from ..config import JobConfig, build_job_config, load_yaml, merge
+from ..exceptions import DearRerankError
+from ..summary import RunSummary
+
+log = logging.getLogger(__name__)
+
+NOTHING_TO_RANK_LISTED = 1000  # queries listed by id in the summary; all are counted
 
 
-def main(args) -> int:
-    raise SystemExit("not built yet")
+@contextmanager
+def _stage(summary: RunSummary, name: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        summary.stage_seconds[name] = round(time.perf_counter() - start, 3)
+
+
+def _count_invalid_utf8(df: Any, columns: Sequence[str]) -> Any:
+    from pyspark.sql import functions as F
+
+    present = [c for c in columns if c in df.columns]
+    if not present:
+        return F.lit(0)
+    hit = None
+    for c in present:
+        cond = F.coalesce(F.col(c).contains("\ufffd"), F.lit(False))
+        hit = cond if hit is None else hit | cond
+    return F.sum(F.when(hit, 1).otherwise(0))
+
+
+def _profile(df: Any, columns: Sequence[str]) -> tuple[int, int]:
+    """Rows and rows holding U+FFFD (invalid UTF-8 replaced), in one pass."""
+    from pyspark.sql import functions as F
+
+    row = df.agg(F.count(F.lit(1)).alias("n"), _count_invalid_utf8(df, columns).alias("bad")).collect()[0]
+    return int(row["n"]), int(row["bad"] or 0)
+
+
+def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
+    """Run one reranking job and return its summary (also written as JSON and printed).
+
+    Raises:
+        InputError: before any scoring, when an input is missing, unreadable or lacks
+            columns, or has conflicting duplicate ids.
+        ModelLoadError: when the model cannot be resolved or is refused.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from ..model import inspect_model
+    from . import read, stages
+    from .session import get_session
+    from .udf import CounterParam, ScoringSettings, score_pairs
+    from .write import write_output
+
+    started = time.perf_counter()
+    info = inspect_model(config.model, config.layout)
+    summary = RunSummary(run_id=config.run_id, model=info.label, output=config.output, format=config.format)
+    summary.settings = {
+        "top_k": config.top_k,
+        "depth": config.depth,
+        "batch_size": config.batch_size,
+        "max_tokens": config.max_tokens,
+        "dtype": config.model.dtype,
+        "device": config.model.device or "auto",
+        "model_fingerprint": info.fingerprint,
+        "model_revision": info.revision,
+    }
+    spark = spark or get_session(master=config.master, conf=config.spark_conf, arrow_batch_size=config.arrow_batch_size)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_size))
+    persisted: list[Any] = []
+
+    try:
+        with _stage(summary, "read"):
+            queries = read.read_input(spark, config.queries, "queries")
+            corpus = read.read_input(spark, config.corpus, "corpus")
+            candidates = read.read_input(spark, config.candidates, "candidates")
+            for name, df, text_cols in (
+                ("queries", queries, (S.QUERY,)),
+                ("corpus", corpus, (S.TITLE, S.TEXT)),
+                ("candidates", candidates, ()),
+            ):
+                rows, bad = _profile(df, text_cols)
+                summary.rows_read[name] = rows
+                if text_cols:
+                    summary.texts_with_invalid_utf8[name] = bad
+            summary.duplicate_ids_collapsed["queries"] = stages.check_unique_ids(queries, S.QUERY_ID, [S.QUERY], config.queries.path)
+            summary.duplicate_ids_collapsed["corpus"] = stages.check_unique_ids(corpus, S.DOC_ID, [S.TITLE, S.TEXT], config.corpus.path)
+            summary.candidates_read = summary.rows_read["candidates"]
+
+        with _stage(summary, "join"):
+            status = stages.candidate_status(candidates, queries, corpus, depth=config.depth).persist(StorageLevel.MEMORY_AND_DISK)
+            persisted.append(status)
+            for row in status.groupBy(stages.DROP_REASON).count().collect():
+                reason, count = row[stages.DROP_REASON], int(row["count"])
+                if reason is None:
+                    summary.candidates_kept = count
+                else:
+                    summary.dropped[reason] = count
+
+        with _stage(summary, "score"):
+            partitions = config.scoring_partitions or spark.sparkContext.defaultParallelism
+            pairs = stages.pairs_to_score(status, partitions=partitions, char_cap=info.char_cap)
+            counters = spark.sparkContext.accumulator({}, CounterParam())
+            settings = ScoringSettings(
+                spec=config.model,
+                layout=config.layout,
+                batch_size=config.batch_size,
+                max_tokens=config.max_tokens,
+                expected_fingerprint=info.fingerprint,
+            )
+            scored = score_pairs(pairs, settings, counters).persist(StorageLevel.MEMORY_AND_DISK)
+            persisted.append(scored)
+            summary.pairs_scored = scored.count()
+            stats = counters.value
+            summary.model_loads = int(stats.get("model_loads", 0))
+            summary.oom_splits = int(stats.get("oom_splits", 0))
+            summary.real_tokens = int(stats.get("real_tokens", 0))
+            summary.computed_tokens = int(stats.get("computed_tokens", 0))
+        score_seconds = summary.stage_seconds["score"]
+        summary.pairs_per_second = round(summary.pairs_scored / score_seconds, 2) if score_seconds else 0.0
+        if summary.pairs_scored != summary.candidates_kept:
+            raise DearRerankError(
+                f"scored {summary.pairs_scored} pairs but kept {summary.candidates_kept}; refusing to write."
+            )
+
+        with _stage(summary, "topk"):
+            top = stages.top_k(scored, k=config.top_k, run_id=config.run_id, model=info.label).persist(StorageLevel.MEMORY_AND_DISK)
+            persisted.append(top)
+            row = top.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct(S.QUERY_ID).alias("queries")).collect()[0]
+            summary.output_rows, summary.output_queries = int(row["rows"]), int(row["queries"])
+            all_queries = candidates.select(S.QUERY_ID).where(F.col(S.QUERY_ID).isNotNull()).distinct()
+            summary.queries_in_candidates = all_queries.count()
+            nothing = all_queries.join(scored.select(S.QUERY_ID).distinct(), S.QUERY_ID, "left_anti")
+            summary.queries_with_nothing_to_rank_count = nothing.count()
+            summary.queries_with_nothing_to_rank = sorted(
+                r[S.QUERY_ID] for r in nothing.limit(NOTHING_TO_RANK_LISTED).collect()
+            )
+
+        with _stage(summary, "write"):
+            summary.write = write_output(top, output=config.output, fmt=config.format, run_id=config.run_id)
+            if config.trec_out:
+                from ..io.formats import write_trec_run
+
+                write_trec_run(top.select(S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE).toArrow(), config.trec_out, tag=f"dear-{config.run_id}")
+
+        if config.qrels is not None:
+            with _stage(summary, "evaluate"):
+                summary.metrics = _evaluate(spark, config, status, top)
+    finally:
+        for df in persisted:
+            df.unpersist()
+
+    summary.wall_seconds = round(time.perf_counter() - started, 3)
+    if not summary.accounted:
+        raise DearRerankError(f"accounting does not balance: {summary.as_dict()}")
+    summary.write_json(config.summary_path)
+    print(summary.render())
+    return summary
+
+
+def _evaluate(spark: Any, config: JobConfig, status: Any, top: Any) -> dict[str, Any]:
+    """First stage vs reranked, on the queries that have judgements."""
+    from pyspark.sql import functions as F
+
+    from ..evaluate import compare
+    from . import read, stages
+
+    qrels = read.read_input(spark, config.qrels, "qrels")
+    judged = qrels.select(S.QUERY_ID).distinct()
+    # The first-stage run as reranked: the candidates kept to depth, before text joins.
+    first = (
+        status.filter(F.col(stages.DROP_REASON).isNull() | F.col(stages.DROP_REASON).isin("query_id_not_in_queries", "empty_query_text", "doc_id_not_in_corpus", "empty_document"))
+        .join(judged, S.QUERY_ID, "left_semi")
+        .select(S.QUERY_ID, S.DOC_ID, (-F.col(S.FIRST_STAGE_RANK).cast("double")).alias(S.SCORE))
+    )
+    reranked = top.join(judged, S.QUERY_ID, "left_semi").select(S.QUERY_ID, S.DOC_ID, S.SCORE)
+    return compare(first.toArrow(), reranked.toArrow(), qrels.toArrow(), k=config.top_k)
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file from conf/ (flags override it)")
+    parser.add_argument("--queries", help="queries: Parquet, Delta, table, JSONL, TSV, BEIR folder")
+    parser.add_argument("--corpus", help="documents: Parquet, Delta, table, JSONL, TSV, BEIR folder")
+    parser.add_argument("--candidates", help="first-stage candidates: TREC run, Parquet, Delta, table, JSONL")
+    parser.add_argument("--qrels", help="optional judgements (TREC qrels, BEIR folder, Parquet) for metrics")
+    parser.add_argument("--model", help="DeAR model (hub id or directory), or the base of --adapter")
+    parser.add_argument("--adapter", help="PEFT LoRA adapter (hub id or directory)")
+    parser.add_argument("--revision", help="revision pin for hub ids")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N; default: the task's GPU, else CPU")
+    parser.add_argument("--allow-pickle", action="store_true", default=None, help="accept .bin (pickle) weights")
+    parser.add_argument("--output", help="output table (folder path)")
+    parser.add_argument("--format", choices=["delta", "parquet"], help="output format (default delta)")
+    parser.add_argument("--top-k", type=int, dest="top_k", help="rows kept per query (default 10)")
+    parser.add_argument("--depth", type=int, help="first-stage candidates reranked per query (default 100)")
+    parser.add_argument("--run-id", dest="run_id", help="run partition; a rerun with the same id replaces it (default: today's UTC date)")
+    parser.add_argument("--summary", help="where to write the run summary JSON (default: <output>.summary.json)")
+    parser.add_argument("--trec-out", dest="trec_out", help="also write the top-k as a TREC run file")
+    parser.add_argument("--batch-size", type=int, dest="batch_size", help="pairs per micro-batch (default 128)")
+    parser.add_argument("--max-tokens", type=int, dest="max_tokens", help="token budget per micro-batch")
+    parser.add_argument("--master", help="Spark master, e.g. local[2]; default: the session's")
+    parser.add_argument("--partitions", type=int, dest="scoring_partitions", help="scoring partitions")
+
+
+def config_from_args(args: argparse.Namespace) -> JobConfig:
+    """Merge the YAML file (if any) with the flags given."""
+    base = load_yaml(args.config) if getattr(args, "config", None) else {}
+    model = {
+        "model": args.model,
+        "adapter": args.adapter,
+        "revision": args.revision,
+        "dtype": args.dtype,
+        "device": args.device,
+        "allow_pickle": args.allow_pickle,
+    }
+    flags = {
+        "queries": args.queries,
+        "corpus": args.corpus,
+        "candidates": args.candidates,
+        "qrels": args.qrels,
+        "output": args.output,
+        "format": args.format,
+        "top_k": args.top_k,
+        "depth": args.depth,
+        "run_id": args.run_id,
+        "summary": args.summary,
+        "trec_out": args.trec_out,
+        "batch_size": args.batch_size,
+        "max_tokens": args.max_tokens,
+        "master": args.master,
+        "scoring_partitions": args.scoring_partitions,
+        "model": {k: v for k, v in model.items() if v is not None},
+    }
+    # A path flag replaces the file's whole input entry's path but keeps its columns/format.
+    for name in ("queries", "corpus", "candidates", "qrels"):
+        if flags[name] is not None and isinstance(base.get(name), dict):
+            flags[name] = {"path": flags[name]}
+    values = merge(base, flags)
+    model_values = values.get("model") or {}
+    model_values.setdefault("device", None)
+    if not model_values.get("model") and not model_values.get("adapter"):
+        model_values = {}
+    values["model"] = model_values or None
+    return build_job_config(values, where=args.config or "flags")
+
+
+def main(args: argparse.Namespace) -> int:
+    run_job(config_from_args(args))
+    return 0
+
+
+def submit_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``spark-submit jobs/rerank.py`` and Databricks wheel tasks."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="rerank", description="Rerank first-stage candidates with DeAR.")
+    add_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return main(args)

@@ -1,0 +1,224 @@
+"""Inputs as Spark DataFrames with the canonical columns of ``schema``.
+
+Formats: Parquet, Delta (Spark's reader when the session has Delta, else ``deltalake``),
+catalog tables, JSON Lines, MS MARCO TSV (``id<TAB>text``), TREC run files, TREC qrels and
+BEIR folders. The format is inferred from the path (``io.formats.infer_format``) unless given.
+
+Text files are decoded as UTF-8 with invalid bytes replaced by U+FFFD (Spark's text reader
+does this; the local readers do the same), and the job counts such texts. Malformed lines
+(a TREC line without six fields, a TSV line without a tab) stop the run before scoring,
+naming the file and the line.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from .. import schema as S
+from ..config import InputSpec
+from ..exceptions import InputError
+
+Kind = Literal["queries", "corpus", "candidates", "qrels"]
+
+REQUIRED = {
+    "queries": (S.QUERY_ID, S.QUERY),
+    "corpus": (S.DOC_ID, S.TEXT),
+    "candidates": (S.QUERY_ID, S.DOC_ID),
+    "qrels": (S.QUERY_ID, S.DOC_ID, S.RELEVANCE),
+}
+OPTIONAL = {
+    "queries": (),
+    "corpus": (S.TITLE,),
+    "candidates": (S.FIRST_STAGE_RANK, S.FIRST_STAGE_SCORE),
+    "qrels": (),
+}
+# Names other tools use, accepted when the canonical column is absent and no mapping is given.
+ALIASES = {
+    S.QUERY_ID: ("qid", "query-id", "_id", "id"),
+    S.DOC_ID: ("pid", "docid", "docno", "corpus-id", "_id", "id"),
+    S.QUERY: ("text", "query_text"),
+    S.TEXT: ("passage", "contents", "body", "doc_text"),
+    S.FIRST_STAGE_RANK: ("rank",),
+    S.FIRST_STAGE_SCORE: ("score",),
+    S.RELEVANCE: ("rel", "label", "score"),
+}
+BEIR_FILES = {"queries": "queries.jsonl", "corpus": "corpus.jsonl", "qrels": os.path.join("qrels", "test.tsv")}
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path or path.startswith("dbfs:")
+
+
+def _format(spec: InputSpec) -> str:
+    if spec.format:
+        return spec.format
+    from ..io.formats import infer_format
+
+    return infer_format(spec.path)
+
+
+def _check_exists(path: str) -> None:
+    if not _is_uri(path) and not os.path.exists(path):
+        raise InputError(f"{path}: no such file or directory.")
+
+
+def _first_bad_line(spark: Any, path: str, bad: Any, what: str) -> None:
+    """Raise naming the file and 1-based line of the first line where ``bad`` holds."""
+    from pyspark.sql import functions as F
+
+    lines = spark.read.text(path).withColumn("_file", F.input_file_name())
+    first = lines.filter(bad).select("_file", "value").limit(1).collect()
+    if not first:
+        return
+    file_name, value = first[0]["_file"], first[0]["value"]
+    numbered = spark.read.text(file_name).rdd.zipWithIndex()
+    line_no = numbered.filter(lambda pair: pair[0][0] == value).map(lambda pair: pair[1]).min() + 1
+    raise InputError(f"{file_name}: line {line_no}: {what}: {value[:200]!r}")
+
+
+def _read_tsv(spark: Any, path: str, kind: Kind) -> Any:
+    from pyspark.sql import functions as F
+
+    id_col, text_col = (S.QUERY_ID, S.QUERY) if kind == "queries" else (S.DOC_ID, S.TEXT)
+    lines = spark.read.text(path)
+    _first_bad_line(spark, path, ~F.col("value").contains("\t") & (F.trim(F.col("value")) != ""), "expected 'id<TAB>text'")
+    parts = F.split(F.col("value"), "\t", 2)
+    out = lines.filter(F.trim(F.col("value")) != "").select(parts[0].alias(id_col), parts[1].alias(text_col))
+    if kind == "corpus":
+        out = out.withColumn(S.TITLE, F.lit(None).cast("string"))
+    return out
+
+
+def _read_trec(spark: Any, path: str, kind: Kind) -> Any:
+    from pyspark.sql import functions as F
+
+    lines = spark.read.text(path).filter(F.trim(F.col("value")) != "")
+    fields = F.split(F.trim(F.col("value")), r"\s+")
+    if kind == "qrels":
+        bad = (F.size(fields) != 4) | fields[3].cast("int").isNull()
+        _first_bad_line(spark, path, (F.trim(F.col("value")) != "") & bad, "expected 'qid 0 docid relevance'")
+        return lines.select(
+            fields[0].alias(S.QUERY_ID), fields[2].alias(S.DOC_ID), fields[3].cast("int").alias(S.RELEVANCE)
+        )
+    bad = (F.size(fields) != 6) | fields[3].cast("int").isNull() | fields[4].cast("double").isNull()
+    _first_bad_line(spark, path, (F.trim(F.col("value")) != "") & bad, "expected 'qid Q0 docid rank score tag'")
+    return lines.select(
+        fields[0].alias(S.QUERY_ID),
+        fields[2].alias(S.DOC_ID),
+        fields[3].cast("int").alias(S.FIRST_STAGE_RANK),
+        fields[4].cast("double").alias(S.FIRST_STAGE_SCORE),
+    )
+
+
+def _read_delta(spark: Any, path: str) -> Any:
+    from .session import has_spark_delta
+
+    if has_spark_delta(spark):
+        return spark.read.format("delta").load(path)
+    from deltalake import DeltaTable
+
+    table = DeltaTable(path)
+    if not table.metadata().partition_columns:
+        # Read the table's current files with Spark: no copy through the driver.
+        return spark.read.parquet(*table.file_uris())
+    return spark.createDataFrame(table.to_pyarrow_table())
+
+
+def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
+    fmt = _format(spec)
+    path = spec.path
+    if fmt != "table":
+        _check_exists(path)
+    if fmt == "beir":
+        if kind == "candidates":
+            raise InputError(f"{path}: a BEIR folder holds no first-stage candidates; give a run file.")
+        inner = os.path.join(path, BEIR_FILES[kind])
+        _check_exists(inner)
+        if kind == "qrels":
+            df = spark.read.csv(inner, sep="\t", header=True)
+            return df.select(
+                df["query-id"].alias(S.QUERY_ID), df["corpus-id"].alias(S.DOC_ID), df["score"].cast("int").alias(S.RELEVANCE)
+            )
+        return spark.read.json(inner)
+    if fmt == "parquet":
+        return spark.read.parquet(path)
+    if fmt == "delta":
+        return _read_delta(spark, path)
+    if fmt == "table":
+        try:
+            return spark.table(path)
+        except Exception as exc:  # noqa: BLE001 - AnalysisException: no such table
+            raise InputError(f"{path}: no such table in this Spark session ({exc}).") from exc
+    if fmt == "jsonl":
+        return spark.read.json(path)
+    if fmt == "tsv":
+        return _read_tsv(spark, path, kind)
+    if fmt in ("trec", "qrels"):
+        return _read_trec(spark, path, "qrels" if kind == "qrels" or fmt == "qrels" else kind)
+    raise InputError(f"{path}: format {fmt!r} cannot be read as {kind}.")
+
+
+def _canonical(df: Any, spec: InputSpec, kind: Kind) -> Any:
+    """Rename to canonical columns, cast ids to string, and check required columns."""
+    from pyspark.sql import functions as F
+
+    mapping = dict(spec.columns)
+    unknown = sorted(set(mapping) - set(REQUIRED[kind]) - set(OPTIONAL[kind]))
+    if unknown:
+        raise InputError(f"{spec.path}: columns mapping has unknown canonical name(s) {unknown} for {kind}.")
+    present = set(df.columns)
+    for canonical in REQUIRED[kind] + OPTIONAL[kind]:
+        if canonical in mapping or canonical in present:
+            continue
+        for alias in ALIASES.get(canonical, ()):
+            taken = alias in mapping.values()
+            if alias in present and not taken and not (kind == "queries" and canonical == S.QUERY and alias == "id"):
+                mapping[canonical] = alias
+                break
+    missing_source = sorted(src for src in mapping.values() if src not in present)
+    if missing_source:
+        raise InputError(f"{spec.path}: columns {missing_source} not found; the table has {sorted(present)}.")
+    selected = [F.col(f"`{mapping.get(c, c)}`").alias(c) for c in REQUIRED[kind] + OPTIONAL[kind] if mapping.get(c, c) in present]
+    missing = [c for c in REQUIRED[kind] if mapping.get(c, c) not in present]
+    if missing:
+        raise InputError(
+            f"{spec.path}: missing required column(s) {missing} for {kind}; the table has {sorted(present)}. "
+            "Map other names with the input's 'columns' setting."
+        )
+    out = df.select(*selected)
+    for id_col in (S.QUERY_ID, S.DOC_ID):
+        if id_col in out.columns:
+            out = out.withColumn(id_col, F.trim(F.col(id_col).cast("string")))
+    if kind == "candidates":
+        if S.FIRST_STAGE_RANK not in out.columns and S.FIRST_STAGE_SCORE not in out.columns:
+            raise InputError(f"{spec.path}: candidates need a first-stage rank or score column; found neither.")
+        for col, typ in ((S.FIRST_STAGE_RANK, "int"), (S.FIRST_STAGE_SCORE, "double")):
+            out = out.withColumn(col, F.col(col).cast(typ) if col in out.columns else F.lit(None).cast(typ))
+        # NaN scores order unpredictably; they carry no first-stage evidence.
+        out = out.withColumn(S.FIRST_STAGE_SCORE, F.when(F.isnan(S.FIRST_STAGE_SCORE), None).otherwise(F.col(S.FIRST_STAGE_SCORE)))
+    if kind == "corpus" and S.TITLE not in out.columns:
+        out = out.withColumn(S.TITLE, F.lit(None).cast("string"))
+    for col in (S.QUERY, S.TITLE, S.TEXT):
+        if col in out.columns:
+            out = out.withColumn(col, F.col(col).cast("string"))
+    return out
+
+
+def read_input(spark: Any, spec: InputSpec, kind: Kind) -> Any:
+    """Read one input as a DataFrame with the canonical columns of ``kind``.
+
+    Raises:
+        InputError: the path does not exist, the format is unknown, a line is malformed,
+            or required columns are missing (named, with the columns the table has).
+
+    Example:
+        >>> corpus = read_input(spark, InputSpec("collection.tsv"), "corpus")
+    """
+    try:
+        df = _read_raw(spark, spec, kind)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Spark's AnalysisException and friends
+        raise InputError(f"{spec.path}: cannot read as {kind} ({type(exc).__name__}: {str(exc)[:500]}).") from exc
+    return _canonical(df, spec, kind)

@@ -1,0 +1,153 @@
+"""Job stages on DataFrames: candidate status (kept or dropped, and why), pairs, top-k.
+
+Every candidate row read ends in exactly one place: the pairs to score, or a
+``drop_reason``. The first reason that applies wins, in this order:
+
+- ``null_id``: the row has no query id or no doc id;
+- ``duplicate_candidate``: the same (query, doc) appeared before (the best rank is kept);
+- ``beyond_depth``: not among the first ``depth`` candidates of its query, ordered by
+  first-stage rank, then score (descending), then doc id;
+- ``query_id_not_in_queries`` / ``empty_query_text``;
+- ``doc_id_not_in_corpus`` / ``empty_document`` (no title and no text).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import schema as S
+from ..exceptions import InputError
+
+DROP_REASON = "drop_reason"
+DROP_REASONS = (
+    "null_id",
+    "duplicate_candidate",
+    "beyond_depth",
+    "query_id_not_in_queries",
+    "empty_query_text",
+    "doc_id_not_in_corpus",
+    "empty_document",
+)
+_POSITION = "_first_stage_position"
+
+
+def first_stage_order(F: Any) -> list:
+    """The first-stage ordering: rank ascending, then score descending, then doc id."""
+    return [
+        F.col(S.FIRST_STAGE_RANK).asc_nulls_last(),
+        F.col(S.FIRST_STAGE_SCORE).desc_nulls_last(),
+        F.col(S.DOC_ID).asc(),
+    ]
+
+
+def _blank(F: Any, column: Any) -> Any:
+    return column.isNull() | (F.trim(column) == "")
+
+
+def check_unique_ids(df: Any, id_column: str, value_columns: list[str], path: str) -> int:
+    """Enforce the duplicate-id rule of queries and corpus; returns duplicate rows collapsed.
+
+    Rows repeating an id with identical content are collapsed (counted). An id whose
+    rows disagree is an error naming up to ten such ids: there is no right text to pick.
+    """
+    from pyspark.sql import functions as F
+
+    content = F.sha2(F.to_json(F.struct(*[F.col(c) for c in value_columns])), 256)
+    groups = df.groupBy(id_column).agg(F.count(F.lit(1)).alias("n"), F.countDistinct(content).alias("versions"))
+    dup = groups.filter(F.col("n") > 1)
+    row = dup.agg(
+        F.sum(F.col("n") - 1).alias("collapsed"),
+        F.sum(F.when(F.col("versions") > 1, 1).otherwise(0)).alias("conflicts"),
+    ).collect()[0]
+    if row["conflicts"]:
+        ids = [r[id_column] for r in dup.filter(F.col("versions") > 1).limit(10).collect()]
+        raise InputError(
+            f"{path}: {row['conflicts']} {id_column}(s) appear with different contents, e.g. {ids}; "
+            "deduplicate the input (identical repeated rows are accepted)."
+        )
+    return int(row["collapsed"] or 0)
+
+
+def candidate_status(candidates: Any, queries: Any, corpus: Any, *, depth: int) -> Any:
+    """Candidates with their texts and a ``drop_reason`` (null when the pair is to be scored).
+
+    ``first_stage_rank`` becomes the candidate's position in the first-stage ordering
+    when the input had no rank.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    null_id = F.col(S.QUERY_ID).isNull() | F.col(S.DOC_ID).isNull()
+    order = first_stage_order(F)
+    # The same (query, doc) twice: keep the best-ranked row, drop the others.
+    dup_window = Window.partitionBy(S.QUERY_ID, S.DOC_ID).orderBy(*order)
+    c = candidates.withColumn("_dup", F.when(null_id, None).otherwise(F.row_number().over(dup_window)))
+    c = c.withColumn(
+        DROP_REASON,
+        F.when(null_id, F.lit("null_id")).when(F.col("_dup") > 1, F.lit("duplicate_candidate")),
+    )
+    # Depth counts only candidates still in play, so duplicates do not use up the depth.
+    in_play = F.col(DROP_REASON).isNull()
+    depth_window = Window.partitionBy(S.QUERY_ID, F.col(DROP_REASON).isNull()).orderBy(*order)
+    c = c.withColumn(_POSITION, F.when(in_play, F.row_number().over(depth_window)))
+    c = c.withColumn(DROP_REASON, F.when(in_play & (F.col(_POSITION) > depth), F.lit("beyond_depth")).otherwise(F.col(DROP_REASON)))
+    c = c.withColumn(S.FIRST_STAGE_RANK, F.coalesce(F.col(S.FIRST_STAGE_RANK), F.col(_POSITION)).cast("int"))
+
+    q = queries.select(S.QUERY_ID, S.QUERY, F.lit(True).alias("_has_query")).dropDuplicates([S.QUERY_ID])
+    d = corpus.select(S.DOC_ID, S.TITLE, S.TEXT, F.lit(True).alias("_has_doc")).dropDuplicates([S.DOC_ID])
+    joined = c.join(q, S.QUERY_ID, "left").join(d, S.DOC_ID, "left")
+    reason = (
+        F.when(F.col(DROP_REASON).isNotNull(), F.col(DROP_REASON))
+        .when(F.col("_has_query").isNull(), F.lit("query_id_not_in_queries"))
+        .when(_blank(F, F.col(S.QUERY)), F.lit("empty_query_text"))
+        .when(F.col("_has_doc").isNull(), F.lit("doc_id_not_in_corpus"))
+        .when(_blank(F, F.col(S.TITLE)) & _blank(F, F.col(S.TEXT)), F.lit("empty_document"))
+    )
+    return joined.withColumn(DROP_REASON, reason).select(
+        S.QUERY_ID,
+        S.DOC_ID,
+        S.QUERY,
+        S.TITLE,
+        S.TEXT,
+        S.FIRST_STAGE_RANK,
+        S.FIRST_STAGE_SCORE,
+        DROP_REASON,
+    )
+
+
+def pairs_to_score(status: Any, *, partitions: int, char_cap: int | None = None) -> Any:
+    """The kept pairs, partitioned by query and sorted by (query, doc) inside each partition.
+
+    The sort makes every partition, and so every Arrow batch and micro-batch, the same
+    on a retry as on the first attempt. ``char_cap`` cuts texts that are longer than the
+    layout could ever use (megabyte documents), before they cross into Python.
+    """
+    from pyspark.sql import functions as F
+
+    pairs = status.filter(F.col(DROP_REASON).isNull()).drop(DROP_REASON)
+    if char_cap:
+        pairs = pairs.withColumn(S.TEXT, F.substring(F.col(S.TEXT), 1, char_cap))
+        pairs = pairs.withColumn(S.TITLE, F.substring(F.col(S.TITLE), 1, char_cap))
+        pairs = pairs.withColumn(S.QUERY, F.substring(F.col(S.QUERY), 1, char_cap))
+    return pairs.repartition(partitions, S.QUERY_ID).sortWithinPartitions(S.QUERY_ID, S.DOC_ID)
+
+
+def top_k(scored: Any, *, k: int, run_id: str, model: str) -> Any:
+    """Keep the best ``k`` per query by score; ties go to the better first-stage rank, then doc id."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    window = Window.partitionBy(S.QUERY_ID).orderBy(
+        F.col(S.SCORE).desc(), F.col(S.FIRST_STAGE_RANK).asc_nulls_last(), F.col(S.DOC_ID).asc()
+    )
+    ranked = scored.withColumn(S.RANK, F.row_number().over(window)).filter(F.col(S.RANK) <= k)
+    return ranked.select(
+        S.QUERY_ID,
+        S.DOC_ID,
+        F.col(S.RANK).cast("int").alias(S.RANK),
+        F.col(S.SCORE).cast("float").alias(S.SCORE),
+        F.col(S.FIRST_STAGE_RANK).cast("int").alias(S.FIRST_STAGE_RANK),
+        F.col(S.FIRST_STAGE_SCORE).cast("double").alias(S.FIRST_STAGE_SCORE),
+        F.lit(run_id).alias(S.RUN_ID),
+        F.lit(model).alias(S.MODEL),
+    )

@@ -1,0 +1,137 @@
+"""The scoring stage: a ``mapInArrow`` function that scores pairs with a cached model.
+
+The closure Spark pickles holds only plain settings (``ScoringSettings``); torch,
+transformers and the model are imported and loaded inside the Python worker, once per
+worker (see ``model_cache``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from .. import schema as S
+from ..layout import Layout
+from ..model import ModelSpec
+
+# Columns the scoring stage passes through untouched, beside the new score.
+CARRY = (S.QUERY_ID, S.DOC_ID, S.FIRST_STAGE_RANK, S.FIRST_STAGE_SCORE)
+
+SCORED_ARROW_SCHEMA = pa.schema(
+    [
+        (S.QUERY_ID, pa.string()),
+        (S.DOC_ID, pa.string()),
+        (S.FIRST_STAGE_RANK, pa.int32()),
+        (S.FIRST_STAGE_SCORE, pa.float64()),
+        (S.SCORE, pa.float32()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """Everything an executor needs to build its scorer: plain, picklable data."""
+
+    spec: ModelSpec
+    layout: Layout
+    batch_size: int = 128
+    max_tokens: int | None = None
+    expected_fingerprint: str | None = None  # refuse a worker that loaded other files
+
+    @property
+    def cache_key(self) -> tuple:
+        return (self.spec, self.layout, self.batch_size, self.max_tokens)
+
+
+class CounterParam:
+    """Accumulator of named integer/float counters (model loads, OOM splits, seconds)."""
+
+    def zero(self, value: dict) -> dict:
+        return {}
+
+    def addInPlace(self, a: dict, b: dict) -> dict:  # noqa: N802 - Spark's name
+        for key, value in b.items():
+            a[key] = a.get(key, 0) + value
+        return a
+
+
+def make_scoring_function(settings: ScoringSettings, counters: Any = None):
+    """Return the ``mapInArrow`` function for ``settings``.
+
+    Args:
+        settings: model and batching settings.
+        counters: optional Spark accumulator built with ``CounterParam``; receives
+            ``model_loads``, ``oom_splits``, ``score_seconds``, ``real_tokens`` and
+            ``computed_tokens`` from every task attempt.
+    """
+
+    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        from ..exceptions import ModelLoadError
+        from . import model_cache
+
+        device = model_cache.task_device(settings.spec.device)
+        if device == "cpu":
+            import torch
+
+            torch.set_num_threads(max(1, TaskContext.get().cpus()))
+        scorer, loaded_now = model_cache.get_scorer(
+            settings.cache_key + (device,),
+            settings.spec,
+            device,
+            layout=settings.layout,
+            batch_size=settings.batch_size,
+            max_tokens=settings.max_tokens,
+        )
+        fingerprint = scorer.loaded.fingerprint
+        if settings.expected_fingerprint and fingerprint != settings.expected_fingerprint:
+            raise ModelLoadError(
+                f"{settings.spec.name}: the executor loaded files with fingerprint {fingerprint[:16]}, "
+                f"the driver saw {settings.expected_fingerprint[:16]}; is the model path the same everywhere?"
+            )
+        before = scorer.stats.as_dict()
+
+        def chunks(kept: list[pa.RecordBatch]):
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                kept.append(batch)
+                yield (
+                    batch.column(S.QUERY).to_pylist(),
+                    batch.column(S.TITLE).to_pylist(),
+                    batch.column(S.TEXT).to_pylist(),
+                )
+
+        kept: list[pa.RecordBatch] = []
+        for scores in scorer.score_stream(chunks(kept)):
+            batch = kept.pop(0)
+            arrays = [batch.column(name) for name in CARRY] + [pa.array(scores, type=pa.float32())]
+            yield pa.RecordBatch.from_arrays(arrays, schema=SCORED_ARROW_SCHEMA)
+
+        if counters is not None:
+            after = scorer.stats.as_dict()
+            counters.add(
+                {
+                    "model_loads": int(loaded_now),
+                    "oom_splits": after["oom_splits"] - before["oom_splits"],
+                    "score_seconds": after["seconds"] - before["seconds"],
+                    "real_tokens": after["real_tokens"] - before["real_tokens"],
+                    "computed_tokens": after["computed_tokens"] - before["computed_tokens"],
+                }
+            )
+
+    return score_partition
+
+
+def score_pairs(pairs: Any, settings: ScoringSettings, counters: Any = None) -> Any:
+    """Score a DataFrame of pairs (query_id, doc_id, query, title, text, first-stage columns).
+
+    Returns a DataFrame of ``SCORED_ARROW_SCHEMA``: the carried columns and ``score``.
+    """
+    from ..schema import spark_schema
+
+    return pairs.mapInArrow(make_scoring_function(settings, counters), spark_schema(SCORED_ARROW_SCHEMA))

@@ -1,0 +1,82 @@
+"""Writing the top-k table: Parquet, or Delta partitioned by ``run_id``.
+
+Both keep one promise: a run replaces its own ``run_id`` partition and nothing else, and
+a run that fails before its commit leaves the table as it was.
+
+- Parquet: Spark's dynamic partition overwrite; files are staged and moved into
+  ``run_id=<id>/`` at job commit.
+- Delta through Spark (Databricks, or spark-submit with the Delta package): ``replaceWhere``
+  on the run's partition, one Delta commit.
+- Delta without Spark's Delta (the embedded default): executors write Parquet files under
+  ``run_id=<id>/<write id>/``, then the driver commits exactly those files as one Delta
+  transaction with ``deltalake``, replacing the run's partition. Files of a run that died
+  before the commit are never referenced by the log, so readers never see them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, Literal
+
+from .. import schema as S
+from ..exceptions import OutputError
+
+Writer = Literal["auto", "spark-delta", "deltalake"]
+
+
+def _parquet(df: Any, output: str) -> dict[str, Any]:
+    spark = df.sparkSession
+    spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
+    df.write.mode("overwrite").partitionBy(S.RUN_ID).parquet(output)
+    return {"writer": "spark-parquet"}
+
+
+def _spark_delta(df: Any, output: str, run_id: str) -> dict[str, Any]:
+    escaped = run_id.replace("'", "''")
+    (
+        df.write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", f"{S.RUN_ID} = '{escaped}'")
+        .partitionBy(S.RUN_ID)
+        .save(output)
+    )
+    return {"writer": "spark-delta"}
+
+
+def _deltalake(df: Any, output: str, run_id: str) -> dict[str, Any]:
+    from ..io.delta_commit import commit_run
+
+    if "://" in output and not output.startswith("file://"):
+        raise OutputError(
+            f"{output}: committing with deltalake from the driver needs a local path here; "
+            "use a Spark session with Delta for remote tables."
+        )
+    root = output[len("file://"):] if output.startswith("file://") else output
+    write_id = f"{uuid.uuid4().hex}"
+    relative_dir = f"{S.RUN_ID}={run_id}/{write_id}"
+    df.drop(S.RUN_ID).write.mode("errorifexists").parquet(os.path.join(root, relative_dir))
+    files = sorted(
+        f"{relative_dir}/{name}"
+        for name in os.listdir(os.path.join(root, relative_dir))
+        if name.endswith(".parquet") and not name.startswith(("_", "."))
+    )
+    version = commit_run(root, run_id, files)
+    return {"writer": "deltalake", "delta_version": version, "files": len(files)}
+
+
+def write_output(df: Any, *, output: str, fmt: str, run_id: str, writer: Writer = "auto") -> dict[str, Any]:
+    """Write the top-k DataFrame (``schema.OUTPUT_COLUMNS``) for one run.
+
+    Returns:
+        What was done: the writer used and, for deltalake, the new table version.
+    """
+    from .session import has_spark_delta
+
+    if fmt == "parquet":
+        return _parquet(df, output)
+    if fmt != "delta":
+        raise OutputError(f"format must be 'delta' or 'parquet', got {fmt!r}.")
+    if writer == "spark-delta" or (writer == "auto" and has_spark_delta(df.sparkSession)):
+        return _spark_delta(df, output, run_id)
+    return _deltalake(df, output, run_id)

@@ -1,0 +1,90 @@
+"""The run's accounting: what was read, kept, scored, dropped and written, and how fast.
+
+The invariant every summary states and the job checks: candidates read = candidates
+scored + candidates dropped (by reason).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunSummary:
+    """Mutable while the job runs; written once at the end."""
+
+    run_id: str
+    model: str
+    output: str
+    format: str
+    rows_read: dict[str, int] = field(default_factory=dict)
+    duplicate_ids_collapsed: dict[str, int] = field(default_factory=dict)
+    texts_with_invalid_utf8: dict[str, int] = field(default_factory=dict)
+    candidates_read: int = 0
+    candidates_kept: int = 0
+    pairs_scored: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    queries_in_candidates: int = 0
+    queries_with_nothing_to_rank: list[str] = field(default_factory=list)
+    queries_with_nothing_to_rank_count: int = 0
+    output_rows: int = 0
+    output_queries: int = 0
+    model_loads: int = 0
+    oom_splits: int = 0
+    real_tokens: int = 0
+    computed_tokens: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    pairs_per_second: float = 0.0
+    write: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accounted(self) -> bool:
+        """True when every candidate read was scored or dropped with a reason."""
+        return self.candidates_read == self.pairs_scored + sum(self.dropped.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["candidates_dropped"] = sum(self.dropped.values())
+        out["accounted"] = self.accounted
+        out["computed_per_real_token"] = self.computed_tokens / self.real_tokens if self.real_tokens else None
+        return out
+
+    def write_json(self, path: str) -> None:
+        """Write atomically: a reader never sees half a summary."""
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".summary-", suffix=".json")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self.as_dict(), handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+
+    def render(self) -> str:
+        """A short human-readable account for the end of the log."""
+        lines = [
+            f"run {self.run_id}  model {self.model}",
+            f"read      " + ", ".join(f"{k}={v}" for k, v in self.rows_read.items()),
+            f"candidates read={self.candidates_read} scored={self.pairs_scored} "
+            f"dropped={sum(self.dropped.values())} accounted={self.accounted}",
+        ]
+        for reason, count in sorted(self.dropped.items()):
+            lines.append(f"  dropped {reason}: {count}")
+        if self.queries_with_nothing_to_rank_count:
+            lines.append(f"queries with nothing to rank: {self.queries_with_nothing_to_rank_count}")
+        lines.append(f"output    rows={self.output_rows} queries={self.output_queries} -> {self.output} ({self.format})")
+        lines.append(
+            f"model loads={self.model_loads} oom_splits={self.oom_splits} "
+            f"pairs/s={self.pairs_per_second:.1f} wall={self.wall_seconds:.1f}s"
+        )
+        lines.append("stages    " + ", ".join(f"{k}={v:.1f}s" for k, v in self.stage_seconds.items()))
+        if self.metrics:
+            for name, value in self.metrics.get("aggregate", {}).items():
+                lines.append(f"metric    {name}: {value}")
+        return "\n".join(lines)
