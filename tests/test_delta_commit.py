@@ -1,0 +1,202 @@
+"""One-transaction Delta commits of a run's Parquet files with deltalake (no JVM)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from dear_udf.exceptions import ConfigError, InputError, OutputError
+from dear_udf.io.delta_commit import commit_run, committed_version, read_table
+from dear_udf.schema import OUTPUT_ARROW_SCHEMA
+
+
+def _rows(run_id: str, n: int, *, tag: str = "") -> pa.Table:
+    return pa.table(
+        {
+            "query_id": [f"q{i % 3}" for i in range(n)],
+            "doc_id": [f"d{tag}{i}" for i in range(n)],
+            "rank": pa.array([i + 1 for i in range(n)], pa.int32()),
+            "score": pa.array([float(n - i) for i in range(n)], pa.float32()),
+            "first_stage_rank": pa.array([i + 1 for i in range(n)], pa.int32()),
+            "first_stage_score": pa.array([None] * n, pa.float64()),
+            "run_id": [run_id] * n,
+            "model": ["tiny"] * n,
+        },
+        schema=OUTPUT_ARROW_SCHEMA,
+    )
+
+
+def _write(table_root: Path, run_id: str, n: int, *, tag: str = "", folder: str | None = None, keep_run_id: bool = False) -> str:
+    """Write one file the way an executor would; return its path relative to the table."""
+    rel = f"{folder or f'run_id={run_id}'}/part-{uuid.uuid4().hex}.parquet"
+    data = _rows(run_id, n, tag=tag)
+    if not keep_run_id:
+        data = data.drop_columns(["run_id"])  # Spark leaves the partition column to the folder
+    (table_root / rel).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(data, table_root / rel)
+    return rel
+
+
+def _content(uri: Path) -> list[tuple]:
+    t = DeltaTable(str(uri)).to_pyarrow_table()
+    return sorted(zip(*(t.column(c).to_pylist() for c in ("run_id", "query_id", "doc_id", "rank"))))
+
+
+def _expected(*tables: pa.Table) -> list[tuple]:
+    out = []
+    for t in tables:
+        out += list(zip(*(t.column(c).to_pylist() for c in ("run_id", "query_id", "doc_id", "rank"))))
+    return sorted(out)
+
+
+def test_first_commit_creates_partitioned_table_with_output_schema(tmp_path):
+    uri = tmp_path / "out"
+    f = _write(uri, "A", 4)
+    assert commit_run(str(uri), "A", [f]) == 0
+    dt = DeltaTable(str(uri))
+    assert dt.metadata().partition_columns == ["run_id"]
+    assert pa.schema(dt.schema().to_arrow()).names == OUTPUT_ARROW_SCHEMA.names
+    table = dt.to_pyarrow_table()
+    assert table.schema.field("rank").type == pa.int32()
+    assert table.schema.field("score").type == pa.float32()
+    assert _content(uri) == _expected(_rows("A", 4))
+
+
+def test_recommit_replaces_only_that_runs_partition(tmp_path):
+    uri = tmp_path / "out"
+    a_old = [_write(uri, "A", 3, tag="old"), _write(uri, "A", 2, tag="old2")]
+    assert commit_run(str(uri), "A", a_old) == 0
+    assert commit_run(str(uri), "B", [_write(uri, "B", 5)]) == 1
+    a_new = _write(uri, "A", 4, tag="new")
+    assert commit_run(str(uri), "A", [a_new]) == 2
+    # B's rows plus only the new A rows; the old A files are still on disk but removed.
+    assert _content(uri) == _expected(_rows("B", 5), _rows("A", 4, tag="new"))
+    assert all((uri / p).exists() for p in a_old)
+    # The replacement is one commit holding both the removes and the add.
+    log = [json.loads(line) for line in (uri / "_delta_log" / f"{2:020d}.json").read_text().splitlines()]
+    removed = sorted(a["remove"]["path"] for a in log if "remove" in a)
+    added = [a["add"] for a in log if "add" in a]
+    assert removed == sorted(a_old)
+    assert [a["path"] for a in added] == [a_new]
+    assert json.loads(added[0]["stats"])["numRecords"] == 4
+    assert added[0]["partitionValues"] == {"run_id": "A"}
+
+
+def test_rerun_leaves_row_count_unchanged(tmp_path):
+    uri = tmp_path / "out"
+    commit_run(str(uri), "B", [_write(uri, "B", 2)])
+    for _ in range(3):
+        commit_run(str(uri), "A", [_write(uri, "A", 6)])
+        assert DeltaTable(str(uri)).to_pyarrow_table().num_rows == 8
+
+
+def test_uncommitted_files_are_invisible(tmp_path):
+    uri = tmp_path / "out"
+    commit_run(str(uri), "A", [_write(uri, "A", 3)])
+    before, version = _content(uri), DeltaTable(str(uri)).version()
+    # A job that wrote its files and died before the commit, for a new and an existing run.
+    _write(uri, "A", 50, tag="crashed")
+    _write(uri, "Z", 50, tag="crashed")
+    assert _content(uri) == before
+    assert DeltaTable(str(uri)).version() == version
+
+
+def test_uncommitted_files_without_table_leave_no_table(tmp_path):
+    uri = tmp_path / "out"
+    _write(uri, "A", 3)
+    assert committed_version(str(uri), "nightly") is None
+    with pytest.raises(InputError, match="not a Delta table"):
+        read_table(str(uri))
+
+
+def test_files_holding_the_partition_column_read_the_same(tmp_path):
+    uri = tmp_path / "out"
+    commit_run(str(uri), "A", [_write(uri, "A", 3, keep_run_id=True)])
+    assert _content(uri) == _expected(_rows("A", 3))
+
+
+def test_spark_escaped_partition_folder_reads_back_the_run_id(tmp_path):
+    uri = tmp_path / "out"
+    run_id = "2024-05-01 T03:00"
+    # Spark writes ':' in partition folder names as %3A; delta-rs encodes the path again.
+    f = _write(uri, run_id, 2, folder="run_id=2024-05-01 T03%3A00")
+    commit_run(str(uri), run_id, [f])
+    assert _content(uri) == _expected(_rows(run_id, 2))
+
+
+def test_app_transaction_is_recorded_and_read_back(tmp_path):
+    uri = tmp_path / "out"
+    assert committed_version(str(uri), "nightly") is None
+    commit_run(str(uri), "A", [_write(uri, "A", 1)], app_id="nightly", version=20240501)
+    assert committed_version(str(uri), "nightly") == 20240501
+    commit_run(str(uri), "B", [_write(uri, "B", 1)], app_id="nightly", version=20240502)
+    assert committed_version(str(uri), "nightly") == 20240502
+    commit_run(str(uri), "C", [_write(uri, "C", 1)])  # no marker: the last one stays
+    assert committed_version(str(uri), "nightly") == 20240502
+    assert committed_version(str(uri), "other-app") is None
+
+
+def test_empty_files_empties_the_partition(tmp_path):
+    uri = tmp_path / "out"
+    commit_run(str(uri), "A", [_write(uri, "A", 3)])
+    commit_run(str(uri), "B", [_write(uri, "B", 2)])
+    commit_run(str(uri), "A", [])
+    assert _content(uri) == _expected(_rows("B", 2))
+
+
+def test_off_schema_file_is_refused_and_table_untouched(tmp_path):
+    uri = tmp_path / "out"
+    commit_run(str(uri), "A", [_write(uri, "A", 2)])
+    before = _content(uri)
+    bad = "run_id=A/bad.parquet"
+    pq.write_table(_rows("A", 2).drop_columns(["run_id"]).set_column(2, "rank", pa.array([1, 2], pa.int64())), uri / bad)
+    with pytest.raises(OutputError, match=r"bad\.parquet.*wrong types \{'rank': 'int64 \(expected int32\)'\}"):
+        commit_run(str(uri), "A", [bad])
+    assert _content(uri) == before
+
+
+def test_table_with_another_schema_is_refused(tmp_path):
+    # delta-rs' overwrite would silently replace the table's schema: refuse instead.
+    uri = tmp_path / "out"
+    write_deltalake(str(uri), pa.table({"x": [1], "run_id": ["A"]}), partition_by=["run_id"])
+    f = _write(uri, "A", 2)
+    with pytest.raises(OutputError, match="table schema differs"):
+        commit_run(str(uri), "A", [f])
+    assert DeltaTable(str(uri)).to_pyarrow_table().column_names == ["x", "run_id"]
+
+
+def test_missing_file_is_refused(tmp_path):
+    uri = tmp_path / "out"
+    _write(uri, "A", 1)
+    with pytest.raises(OutputError, match=r"run_id=A/nope\.parquet.*does not exist"):
+        commit_run(str(uri), "A", ["run_id=A/nope.parquet"])
+
+
+@pytest.mark.parametrize(
+    ("run_id", "files", "kwargs", "message"),
+    [
+        ("A", ["run_id=B/x.parquet"], {}, r"'run_id=B/x.parquet' is not inside the partition folder 'run_id=A/'"),
+        ("A", ["/abs/run_id=A/x.parquet"], {}, "relative to the table root"),
+        ("A", ["../run_id=A/x.parquet"], {}, "relative to the table root"),
+        ("A", "run_id=A/x.parquet", {}, "single string"),
+        ("A/B", [], {}, "run_id must be non-empty"),
+        ("A", [], {"app_id": "nightly"}, "app_id and version go together"),
+        ("A", [], {"app_id": "nightly", "version": -1}, "version must be a non-negative integer, got -1"),
+    ],
+)
+def test_bad_arguments_are_refused_by_name(tmp_path, run_id, files, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        commit_run(str(tmp_path / "out"), run_id, files, **kwargs)
+
+
+def test_read_table_reads_current_version(tmp_path):
+    uri = tmp_path / "out"
+    commit_run(str(uri), "A", [_write(uri, "A", 3)])
+    commit_run(str(uri), "A", [_write(uri, "A", 2)])
+    assert read_table(str(uri)).num_rows == 2
