@@ -1,0 +1,33 @@
+"""Readers and writers: local readers of every input format, TREC runs, Delta commits.
+
+Nothing here imports pyspark; deltalake is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+from .delta_commit import commit_run, committed_version, read_table
+from .formats import (
+    infer_format,
+    read_candidates,
+    read_corpus,
+    read_qrels,
+    read_queries,
+    read_trec_run,
+)
+from .runs import as_run, read_run
+from .trec import write_trec_run
+
+__all__ = [
+    "as_run",
+    "commit_run",
+    "committed_version",
+    "infer_format",
+    "read_candidates",
+    "read_corpus",
+    "read_qrels",
+    "read_queries",
+    "read_run",
+    "read_table",
+    "read_trec_run",
+    "write_trec_run",
+]

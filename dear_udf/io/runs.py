@@ -1,0 +1,125 @@
+"""Load a ranked run (TREC file, Parquet, Delta, candidates) as ``(query_id, doc_id, score)``.
+
+A run here is what ir-measures ranks: it orders each query's documents by score, highest
+first. Inputs that hold ranks but no scores (first-stage candidates from an MS MARCO TSV,
+``first_stage_score`` null) get ``score = -rank`` so that order is the ranked order.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import schema as S
+from ..config import InputSpec
+from ..exceptions import InputError
+from .formats import infer_format, read_candidates, read_trec_run
+from .trec import to_arrow
+
+RUN_SCHEMA = pa.schema([(S.QUERY_ID, pa.string()), (S.DOC_ID, pa.string()), (S.SCORE, pa.float64())])
+# Where a run's score and rank may be found: reranked output first, then first-stage names.
+_SCORE_NAMES = (S.SCORE, S.FIRST_STAGE_SCORE)
+_RANK_NAMES = (S.RANK, S.FIRST_STAGE_RANK)
+
+
+def _first(table: pa.Table, names: tuple[str, ...]) -> str | None:
+    return next((n for n in names if n in table.column_names), None)
+
+
+def as_run(table_or_df: Any, *, what: str = "run") -> pa.Table:
+    """Normalise a ranked table to ``(query_id, doc_id, score float64)``.
+
+    Takes ``score`` (or ``first_stage_score``); when that is absent or holds any null, the
+    whole run is ordered by ``-rank`` (or ``-first_stage_rank``) instead, since mixing given
+    and derived scores in one run would interleave two scales.
+
+    Example:
+        >>> import pyarrow as pa
+        >>> as_run(pa.table({"query_id": [1], "doc_id": [2], "first_stage_rank": [3]})).to_pylist()
+        [{'query_id': '1', 'doc_id': '2', 'score': -3.0}]
+    """
+    table = to_arrow(table_or_df, what=what)
+    missing = [c for c in (S.QUERY_ID, S.DOC_ID) if c not in table.column_names]
+    if missing:
+        raise InputError(f"{what}: missing column(s) {missing}; got {table.column_names}.")
+    score_name, rank_name = _first(table, _SCORE_NAMES), _first(table, _RANK_NAMES)
+    if score_name is not None and table.column(score_name).null_count == 0:
+        score = table.column(score_name).cast(pa.float64())
+    elif rank_name is not None and table.column(rank_name).null_count == 0:
+        score = pc.negate(table.column(rank_name).cast(pa.float64()))
+    else:
+        raise InputError(
+            f"{what}: needs a complete score column {_SCORE_NAMES} or rank column {_RANK_NAMES} "
+            f"(no nulls) to order documents; got {table.column_names}."
+        )
+    return pa.Table.from_arrays(
+        [table.column(S.QUERY_ID).cast(pa.string()), table.column(S.DOC_ID).cast(pa.string()), score],
+        schema=RUN_SCHEMA,
+    )
+
+
+def read_run(path: str, *, format: str | None = None, run_id: str | None = None) -> pa.Table:
+    """Read a ranked run from a TREC run file, a TSV run, Parquet or a Delta table.
+
+    The job's output table holds every night's run in the ``run_id`` partition column; pick
+    one with ``run_id``. A table holding several runs and no ``run_id`` is refused rather
+    than evaluated as one mixed run.
+
+    Args:
+        path: file or folder.
+        format: one of ``trec``, ``tsv``, ``parquet``, ``delta``, ``jsonl``; None infers it.
+        run_id: keep only these rows of a table with a ``run_id`` column.
+
+    Returns:
+        ``(query_id, doc_id, score)``, see ``as_run``.
+
+    Example:
+        >>> read_run("out/reranked", run_id="2024-05-01")  # doctest: +SKIP
+    """
+    fmt = format or infer_format(path)
+    if fmt == "trec":
+        return as_run(read_trec_run(path), what=path)
+    if fmt in ("tsv", "jsonl") or (fmt in ("parquet", "delta") and not _has_output_columns(path, fmt)):
+        return as_run(read_candidates(InputSpec(path, format=fmt)), what=path)
+    if fmt not in ("parquet", "delta"):
+        raise InputError(f"{path}: a run must be a TREC run, TSV run, Parquet or Delta table, got format {fmt!r}.")
+    table = _read_table(path, fmt)
+    if S.RUN_ID in table.column_names:
+        runs = sorted(v for v in pc.unique(table.column(S.RUN_ID)).to_pylist() if v is not None)
+        if run_id is not None:
+            if run_id not in runs:
+                raise InputError(f"{path}: run_id {run_id!r} not found; runs present: {runs}.")
+            table = table.filter(pc.equal(table.column(S.RUN_ID), run_id))
+        elif len(runs) > 1:
+            raise InputError(f"{path}: holds {len(runs)} runs {runs}; choose one with run_id.")
+    elif run_id is not None:
+        raise InputError(f"{path}: run_id {run_id!r} given but the table has no {S.RUN_ID!r} column.")
+    return as_run(table, what=path)
+
+
+def _read_table(path: str, fmt: str) -> pa.Table:
+    if fmt == "delta":
+        from .delta_commit import read_table
+
+        return read_table(path)
+    import pyarrow.dataset as ds
+
+    return ds.dataset(path, format="parquet", partitioning="hive").to_table()
+
+
+def _has_output_columns(path: str, fmt: str) -> bool:
+    """True for a table of reranked rows (``score`` or ``rank``), False for candidates."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file or folder.")
+    if fmt == "delta":
+        from deltalake import DeltaTable
+
+        names = [f.name for f in DeltaTable(path).schema().fields]
+    else:
+        import pyarrow.dataset as ds
+
+        names = ds.dataset(path, format="parquet", partitioning="hive").schema.names
+    return S.SCORE in names or S.RANK in names
