@@ -312,6 +312,9 @@ def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per executor load only clutters job logs
     start = time.perf_counter()
     device = device or spec.device or "cpu"
     base_dir, adapter_dir = resolve_model_dirs(spec)

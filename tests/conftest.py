@@ -24,3 +24,28 @@ def tiny_models(tmp_path_factory):
         paths[f"{pooling}-lora"] = build_lora_adapter(base, root / f"{pooling}-lora")
     paths["no-head-lora"] = build_lora_adapter(paths["index227"], root / "no-head-lora", with_score_head=False)
     return paths
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """A local Spark session with pinned settings, shared by the whole test run."""
+    import sys
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from dear_udf.spark.session import get_session
+
+    scratch = tmp_path_factory.mktemp("spark")
+    session = get_session(
+        master="local[2]",
+        conf={
+            "spark.sql.shuffle.partitions": "2",
+            "spark.default.parallelism": "2",
+            "spark.local.dir": str(scratch / "local"),
+            "spark.sql.warehouse.dir": str(scratch / "warehouse"),
+            "spark.sql.pyspark.jvmStacktrace.enabled": "true",
+        },
+        arrow_batch_size=64,
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

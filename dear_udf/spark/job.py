@@ -163,7 +163,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
         with _stage(summary, "write"):
             summary.write = write_output(top, output=config.output, fmt=config.format, run_id=config.run_id)
             if config.trec_out:
-                from ..io.formats import write_trec_run
+                from ..io.trec import write_trec_run
 
                 write_trec_run(top.select(S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE).toArrow(), config.trec_out, tag=f"dear-{config.run_id}")
 

@@ -1,0 +1,43 @@
+"""Small synthetic inputs for job tests, written as Parquet with the canonical columns."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dear_udf.testing import vocabulary
+
+
+def write_inputs(directory: Path, *, queries: int = 12, docs: int = 150, per_query: int = 12, seed: int = 0) -> dict:
+    """Clean inputs: every candidate has its query and document, no duplicates."""
+    rng = random.Random(seed)
+    words = vocabulary()
+    directory.mkdir(parents=True, exist_ok=True)
+    q = pa.table({"query_id": [f"q{i}" for i in range(queries)], "query": [" ".join(rng.choices(words, k=rng.randint(2, 8))) for _ in range(queries)]})
+    d = pa.table(
+        {
+            "doc_id": [f"d{i}" for i in range(docs)],
+            "title": [None if i % 4 == 0 else " ".join(rng.choices(words, k=2)) for i in range(docs)],
+            "text": [" ".join(rng.choices(words, k=rng.randint(3, 160))) for _ in range(docs)],
+        }
+    )
+    rows = []
+    for i in range(queries):
+        for rank, doc in enumerate(rng.sample(range(docs), per_query), start=1):
+            rows.append((f"q{i}", f"d{doc}", rank, float(100 - rank)))
+    c = pa.table(
+        {
+            "query_id": [r[0] for r in rows],
+            "doc_id": [r[1] for r in rows],
+            "first_stage_rank": pa.array([r[2] for r in rows], pa.int32()),
+            "first_stage_score": [r[3] for r in rows],
+        }
+    )
+    paths = {}
+    for name, table in (("queries", q), ("corpus", d), ("candidates", c)):
+        paths[name] = str(directory / f"{name}.parquet")
+        pq.write_table(table, paths[name])
+    return {"paths": paths, "queries": q, "corpus": d, "candidates": c}
