@@ -50,8 +50,16 @@ def _qrels_frame(qrels: Any):
     missing = [c for c in (S.QUERY_ID, S.DOC_ID, S.RELEVANCE) if c not in table.column_names]
     if missing:
         raise InputError(f"qrels: missing column(s) {missing}; got {table.column_names}.")
-    frame = table.select([S.QUERY_ID, S.DOC_ID, S.RELEVANCE]).to_pandas()
-    return frame.astype({S.QUERY_ID: str, S.DOC_ID: str, S.RELEVANCE: int})
+    columns = {}
+    for name, type_ in ((S.QUERY_ID, pa.string()), (S.DOC_ID, pa.string()), (S.RELEVANCE, pa.int32())):
+        column = table.column(name)
+        if column.null_count:
+            raise InputError(f"qrels: column {name!r} holds {column.null_count} null(s); every judgement needs one.")
+        try:
+            columns[name] = column.cast(type_)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise InputError(f"qrels: column {name!r} of type {column.type} cannot be read as {type_} ({exc}).") from exc
+    return pa.table(columns).to_pandas()
 
 
 def _run_frame(run: Any, what: str):

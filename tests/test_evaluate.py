@@ -115,6 +115,15 @@ def test_compare_with_no_judged_query_gives_none_not_nan(files):
     json.dumps(result, allow_nan=False)
 
 
+def test_null_relevance_is_refused():
+    from dear_udf.exceptions import InputError
+
+    run = pa.table({"query_id": ["q"], "doc_id": ["d"], "score": [1.0]})
+    qrels = pa.table({"query_id": ["q"], "doc_id": ["d"], "relevance": pa.array([None], pa.int32())})
+    with pytest.raises(InputError, match=r"qrels: column 'relevance' holds 1 null"):
+        evaluate(run, qrels)
+
+
 def test_unknown_measure_is_named():
     run = pa.table({"query_id": ["q"], "doc_id": ["d"], "score": [1.0]})
     qrels = pa.table({"query_id": ["q"], "doc_id": ["d"], "relevance": [1]})
