@@ -1,0 +1,146 @@
+"""``dear-rerank score`` end to end: Parquet pairs in, one score per row out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dear_udf.baselines import reference_scores
+from dear_udf.cli import main
+from dear_udf.model import ModelSpec, load_model
+from dear_udf.testing import BOS, EOS
+
+TOL = 1e-4
+
+ROWS = [
+    # query_id, doc_id, query, title, text
+    ("q1", "d3", "what is a llama", "Llama", "The llama is a domesticated camelid."),
+    ("q1", "d1", "what is a llama", None, ""),
+    ("q1", "d2", "what is a llama", "", "café 東京 🙂 " * 40),
+    ("q2", "d1", "", "", None),
+    ("q2", "d9", "", "Edison", f"light bulb {EOS} invented {BOS}"),
+    ("q3", "d7", None, None, "coffee diet " * 300),
+    ("q1", "d4", "what is a llama", "", "camelid " * 5),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, especially on a loaded shared machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _write_pairs(path: Path, *, with_title: bool = True, int_ids: bool = False) -> Path:
+    qids, dids, queries, titles, texts = (list(c) for c in zip(*ROWS))
+    columns = {
+        "query_id": list(range(len(qids))) if int_ids else qids,
+        "doc_id": dids,
+        "query": pa.array(queries, type=pa.string()),
+        "text": pa.array(texts, type=pa.string()),
+        "first_stage_rank": list(range(1, len(qids) + 1)),  # extra columns are ignored
+    }
+    if with_title:
+        columns["title"] = pa.array(titles, type=pa.string())
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def _reference(model: Path, adapter: Path | None = None, *, with_title: bool = True) -> np.ndarray:
+    loaded = load_model(ModelSpec(model=str(model), adapter=None if adapter is None else str(adapter)))
+    _, _, queries, titles, texts = (list(c) for c in zip(*ROWS))
+    return reference_scores(loaded, queries, titles if with_title else None, texts)
+
+
+def _check_output(out: Path, ref: np.ndarray) -> None:
+    table = pq.read_table(out)
+    assert table.column_names == ["query_id", "doc_id", "score"]
+    assert table.schema.field("score").type == pa.float32()
+    assert table.schema.field("query_id").type == pa.string()
+    # One row per input row, in input order.
+    assert table.num_rows == len(ROWS)
+    assert table.column("query_id").to_pylist() == [r[0] for r in ROWS]
+    assert table.column("doc_id").to_pylist() == [r[1] for r in ROWS]
+    scores = table.column("score").to_numpy()
+    assert float(np.max(np.abs(scores - ref))) <= TOL
+
+
+@pytest.mark.parametrize("name", ["index227", "last"])
+def test_score_full_model(tiny_models, tmp_path, capsys, name):
+    pairs = _write_pairs(tmp_path / "pairs.parquet")
+    out = tmp_path / "out" / "scores.parquet"  # parent folder created by the command
+    argv = ["score", "--model", str(tiny_models[name]), "--pairs", str(pairs), "--out", str(out),
+            "--dtype", "float32", "--device", "cpu", "--batch-size", "3"]
+    assert main(argv) == 0
+    _check_output(out, _reference(tiny_models[name]))
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["pairs"] == len(ROWS)
+    assert summary["batches"] >= 3  # batch size 3 over 7 rows
+    assert summary["computed_tokens"] < 228 * len(ROWS)
+
+
+def test_score_with_adapter(tiny_models, tmp_path):
+    pairs = _write_pairs(tmp_path / "pairs.parquet")
+    out = tmp_path / "scores.parquet"
+    base, adapter = tiny_models["last"], tiny_models["last-lora"]
+    argv = ["score", "--model", str(base), "--adapter", str(adapter), "--pairs", str(pairs), "--out", str(out)]
+    assert main(argv) == 0
+    ref = _reference(base, adapter)
+    _check_output(out, ref)
+    assert float(np.max(np.abs(ref - _reference(base)))) > 1e-2  # the adapter mattered
+
+
+def test_score_without_title_column_and_integer_ids(tiny_models, tmp_path):
+    pairs = _write_pairs(tmp_path / "pairs.parquet", with_title=False, int_ids=True)
+    out = tmp_path / "scores.parquet"
+    assert main(["score", "--model", str(tiny_models["index227"]), "--pairs", str(pairs), "--out", str(out)]) == 0
+    table = pq.read_table(out)
+    assert table.column("query_id").to_pylist() == [str(i) for i in range(len(ROWS))]
+    ref = _reference(tiny_models["index227"], with_title=False)
+    assert float(np.max(np.abs(table.column("score").to_numpy() - ref))) <= TOL
+
+
+def test_missing_columns_are_named(tiny_models, tmp_path, capsys):
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["d"], "query": ["x"]}), bad)
+    rc = main(["score", "--model", str(tiny_models["index227"]), "--pairs", str(bad), "--out", str(tmp_path / "o.parquet")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "dear-rerank score: error:" in err and "missing columns ['text']" in err
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_missing_pairs_file_and_model_are_named(tiny_models, tmp_path, capsys):
+    rc = main(["score", "--model", str(tiny_models["index227"]), "--pairs", str(tmp_path / "none.parquet"),
+               "--out", str(tmp_path / "o.parquet")])
+    assert rc == 2 and f"{tmp_path / 'none.parquet'}: no such file" in capsys.readouterr().err
+    pairs = _write_pairs(tmp_path / "pairs.parquet")
+    rc = main(["score", "--model", "/no/such/model", "--pairs", str(pairs), "--out", str(tmp_path / "o.parquet")])
+    assert rc == 2 and "/no/such/model: no such directory" in capsys.readouterr().err
+
+
+def test_console_script_in_a_subprocess(tiny_models, tmp_path):
+    pairs = _write_pairs(tmp_path / "pairs.parquet")
+    out = tmp_path / "scores.parquet"
+    script = Path(sys.executable).with_name("dear-rerank")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "dear_udf.cli"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*command, "score", "--model", str(tiny_models["index227"]), "--pairs", str(pairs), "--out", str(out),
+         "--device", "cpu", "--batch-size", "4"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    _check_output(out, _reference(tiny_models["index227"]))
