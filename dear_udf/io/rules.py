@@ -5,7 +5,8 @@ one decoded line and returns a tuple of fields, or raises ``LineError`` with the
 caller adds the file name and the 1-based line number. ``resolve_columns`` picks the source
 column of each canonical column the same way for every columnar format.
 
-Rules both readers apply (the Spark reader, ``spark/read.py``, was checked against them):
+Rules both readers apply (``spark/read.py`` follows them; compared by reading its code, and
+the UTF-8 rule by running Spark):
 
 - Lines end at ``\\n`` (one trailing ``\\r`` is dropped), as Spark's text reader splits them;
   ``str.splitlines`` is not used because it also splits at form feeds and U+2028.
