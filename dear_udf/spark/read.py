@@ -18,32 +18,11 @@ from typing import Any, Literal
 from .. import schema as S
 from ..config import InputSpec
 from ..exceptions import InputError
+from ..io import rules
 
 Kind = Literal["queries", "corpus", "candidates", "qrels"]
 
-REQUIRED = {
-    "queries": (S.QUERY_ID, S.QUERY),
-    "corpus": (S.DOC_ID, S.TEXT),
-    "candidates": (S.QUERY_ID, S.DOC_ID),
-    "qrels": (S.QUERY_ID, S.DOC_ID, S.RELEVANCE),
-}
-OPTIONAL = {
-    "queries": (),
-    "corpus": (S.TITLE,),
-    "candidates": (S.FIRST_STAGE_RANK, S.FIRST_STAGE_SCORE),
-    "qrels": (),
-}
-# Names other tools use, accepted when the canonical column is absent and no mapping is given.
-ALIASES = {
-    S.QUERY_ID: ("qid", "query-id", "_id", "id"),
-    S.DOC_ID: ("pid", "docid", "docno", "corpus-id", "_id", "id"),
-    S.QUERY: ("text", "query_text"),
-    S.TEXT: ("passage", "contents", "body", "doc_text"),
-    S.FIRST_STAGE_RANK: ("rank",),
-    S.FIRST_STAGE_SCORE: ("score",),
-    S.RELEVANCE: ("rel", "label", "score"),
-}
-BEIR_FILES = {"queries": "queries.jsonl", "corpus": "corpus.jsonl", "qrels": os.path.join("qrels", "test.tsv")}
+BEIR_FILES = {kind: os.path.join(*name.split("/")) for kind, name in rules.BEIR_FILES.items()}
 
 
 def _is_uri(path: str) -> bool:
@@ -96,12 +75,12 @@ def _read_trec(spark: Any, path: str, kind: Kind) -> Any:
     lines = spark.read.text(path).filter(F.trim(F.col("value")) != "")
     fields = F.split(F.trim(F.col("value")), r"\s+")
     if kind == "qrels":
-        bad = (F.size(fields) != 4) | fields[3].cast("int").isNull()
+        bad = (F.size(fields) != 4) | fields[3].try_cast("int").isNull()
         _first_bad_line(spark, path, (F.trim(F.col("value")) != "") & bad, "expected 'qid 0 docid relevance'")
         return lines.select(
             fields[0].alias(S.QUERY_ID), fields[2].alias(S.DOC_ID), fields[3].cast("int").alias(S.RELEVANCE)
         )
-    bad = (F.size(fields) != 6) | fields[3].cast("int").isNull() | fields[4].cast("double").isNull()
+    bad = (F.size(fields) != 6) | fields[3].try_cast("int").isNull() | fields[4].try_cast("double").isNull()
     _first_bad_line(spark, path, (F.trim(F.col("value")) != "") & bad, "expected 'qid Q0 docid rank score tag'")
     return lines.select(
         fields[0].alias(S.QUERY_ID),
@@ -109,6 +88,19 @@ def _read_trec(spark: Any, path: str, kind: Kind) -> Any:
         fields[3].cast("int").alias(S.FIRST_STAGE_RANK),
         fields[4].cast("double").alias(S.FIRST_STAGE_SCORE),
     )
+
+
+def _read_qrels_text(spark: Any, path: str) -> Any:
+    """TREC qrels (``qid 0 docid rel``), or BEIR's ``query-id<TAB>corpus-id<TAB>score`` with header."""
+    from pyspark.sql import functions as F
+
+    first = spark.read.text(path).filter(F.trim(F.col("value")) != "").limit(1).collect()
+    if first and rules.is_beir_qrels_header(first[0]["value"]):
+        df = spark.read.csv(path, sep="\t", header=True)
+        return df.select(
+            F.col("`query-id`").alias(S.QUERY_ID), F.col("`corpus-id`").alias(S.DOC_ID), F.col("score").try_cast("int").alias(S.RELEVANCE)
+        )
+    return _read_trec(spark, path, "qrels")
 
 
 def _read_delta(spark: Any, path: str) -> Any:
@@ -136,10 +128,7 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
         inner = os.path.join(path, BEIR_FILES[kind])
         _check_exists(inner)
         if kind == "qrels":
-            df = spark.read.csv(inner, sep="\t", header=True)
-            return df.select(
-                df["query-id"].alias(S.QUERY_ID), df["corpus-id"].alias(S.DOC_ID), df["score"].cast("int").alias(S.RELEVANCE)
-            )
+            return _read_qrels_text(spark, inner)
         return spark.read.json(inner)
     if fmt == "parquet":
         return spark.read.parquet(path)
@@ -154,6 +143,8 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
         return spark.read.json(path)
     if fmt == "tsv":
         return _read_tsv(spark, path, kind)
+    if kind == "qrels" and fmt in ("tsv", "qrels", "trec"):
+        return _read_qrels_text(spark, path)
     if fmt in ("trec", "qrels"):
         return _read_trec(spark, path, "qrels" if kind == "qrels" or fmt == "qrels" else kind)
     raise InputError(f"{path}: format {fmt!r} cannot be read as {kind}.")
@@ -163,36 +154,16 @@ def _canonical(df: Any, spec: InputSpec, kind: Kind) -> Any:
     """Rename to canonical columns, cast ids to string, and check required columns."""
     from pyspark.sql import functions as F
 
-    mapping = dict(spec.columns)
-    unknown = sorted(set(mapping) - set(REQUIRED[kind]) - set(OPTIONAL[kind]))
-    if unknown:
-        raise InputError(f"{spec.path}: columns mapping has unknown canonical name(s) {unknown} for {kind}.")
-    present = set(df.columns)
-    for canonical in REQUIRED[kind] + OPTIONAL[kind]:
-        if canonical in mapping or canonical in present:
-            continue
-        for alias in ALIASES.get(canonical, ()):
-            taken = alias in mapping.values()
-            if alias in present and not taken and not (kind == "queries" and canonical == S.QUERY and alias == "id"):
-                mapping[canonical] = alias
-                break
-    missing_source = sorted(src for src in mapping.values() if src not in present)
-    if missing_source:
-        raise InputError(f"{spec.path}: columns {missing_source} not found; the table has {sorted(present)}.")
-    selected = [F.col(f"`{mapping.get(c, c)}`").alias(c) for c in REQUIRED[kind] + OPTIONAL[kind] if mapping.get(c, c) in present]
-    missing = [c for c in REQUIRED[kind] if mapping.get(c, c) not in present]
-    if missing:
-        raise InputError(
-            f"{spec.path}: missing required column(s) {missing} for {kind}; the table has {sorted(present)}. "
-            "Map other names with the input's 'columns' setting."
-        )
+    try:
+        chosen = rules.resolve_columns(kind, df.columns, dict(spec.columns))
+    except rules.ColumnError as exc:
+        raise InputError(f"{spec.path}: {exc}") from exc
+    selected = [F.col(f"`{source}`").alias(canonical) for canonical, source in chosen.items()]
     out = df.select(*selected)
     for id_col in (S.QUERY_ID, S.DOC_ID):
         if id_col in out.columns:
             out = out.withColumn(id_col, F.trim(F.col(id_col).cast("string")))
     if kind == "candidates":
-        if S.FIRST_STAGE_RANK not in out.columns and S.FIRST_STAGE_SCORE not in out.columns:
-            raise InputError(f"{spec.path}: candidates need a first-stage rank or score column; found neither.")
         for col, typ in ((S.FIRST_STAGE_RANK, "int"), (S.FIRST_STAGE_SCORE, "double")):
             out = out.withColumn(col, F.col(col).cast(typ) if col in out.columns else F.lit(None).cast(typ))
         # NaN scores order unpredictably; they carry no first-stage evidence.
