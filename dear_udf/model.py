@@ -70,6 +70,12 @@ class ModelSpec:
         return "+".join(parts)
 
 
+def model_label(spec: ModelSpec, revision: str | None, fingerprint: str) -> str:
+    """``name[@revision]#fingerprint16``: what the output's ``model`` column records."""
+    rev = f"@{revision}" if revision else ""
+    return f"{spec.name}{rev}#{fingerprint[:16]}"
+
+
 @dataclass
 class LoadedModel:
     """A model ready to score, with what is needed to reproduce its layout."""
@@ -89,8 +95,7 @@ class LoadedModel:
     @property
     def label(self) -> str:
         """What the output's ``model`` column records: name, revision and fingerprint."""
-        rev = f"@{self.revision}" if self.revision else ""
-        return f"{self.spec.name}{rev}#{self.fingerprint[:16]}"
+        return model_label(self.spec, self.revision, self.fingerprint)
 
 
 def _offline(spec: ModelSpec) -> bool:
@@ -270,8 +275,7 @@ class ModelInfo:
 
     @property
     def label(self) -> str:
-        rev = f"@{self.revision}" if self.revision else ""
-        return f"{self.spec.name}{rev}#{self.fingerprint[:16]}"
+        return model_label(self.spec, self.revision, self.fingerprint)
 
 
 def inspect_model(spec: ModelSpec, layout: Any = None) -> ModelInfo:
