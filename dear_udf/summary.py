@@ -1,7 +1,14 @@
 """The run's accounting: what was read, kept, scored, dropped and written, and how fast.
 
-The invariant every summary states and the job checks: candidates read = candidates
-scored + candidates dropped (by reason).
+The invariants every summary states and the job checks before it reports success:
+
+- candidates read = candidates scored + candidates dropped (by reason);
+- every query of the candidates is in the output or in ``queries_with_nothing_to_rank``
+  (all of its candidates were dropped), never both.
+
+Rows that are not candidates are counted too: queries and documents without an id, ids
+repeated with identical rows (collapsed), texts holding U+FFFD (invalid UTF-8 replaced),
+queries that have no candidates at all, and candidates without a first-stage rank or score.
 """
 
 from __future__ import annotations
@@ -24,11 +31,14 @@ class RunSummary:
     rows_read: dict[str, int] = field(default_factory=dict)
     duplicate_ids_collapsed: dict[str, int] = field(default_factory=dict)
     texts_with_invalid_utf8: dict[str, int] = field(default_factory=dict)
+    rows_without_id: dict[str, int] = field(default_factory=dict)  # queries, corpus: ignored
+    first_stage_missing: dict[str, int] = field(default_factory=dict)  # candidates: rank, score
     candidates_read: int = 0
     candidates_kept: int = 0
     pairs_scored: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     queries_in_candidates: int = 0
+    queries_without_candidates: int = 0  # in the queries, not in the candidates: not output
     queries_with_nothing_to_rank: list[str] = field(default_factory=list)
     queries_with_nothing_to_rank_count: int = 0
     output_rows: int = 0
@@ -49,10 +59,16 @@ class RunSummary:
         """True when every candidate read was scored or dropped with a reason."""
         return self.candidates_read == self.pairs_scored + sum(self.dropped.values())
 
+    @property
+    def queries_accounted(self) -> bool:
+        """True when every query of the candidates was written or has nothing to rank."""
+        return self.queries_in_candidates == self.output_queries + self.queries_with_nothing_to_rank_count
+
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out["candidates_dropped"] = sum(self.dropped.values())
         out["accounted"] = self.accounted
+        out["queries_accounted"] = self.queries_accounted
         out["computed_per_real_token"] = self.computed_tokens / self.real_tokens if self.real_tokens else None
         return out
 
@@ -78,6 +94,17 @@ class RunSummary:
             lines.append(f"  dropped {reason}: {count}")
         if self.queries_with_nothing_to_rank_count:
             lines.append(f"queries with nothing to rank: {self.queries_with_nothing_to_rank_count}")
+        if self.queries_without_candidates:
+            lines.append(f"queries without candidates: {self.queries_without_candidates}")
+        notes = {
+            "duplicate ids collapsed": self.duplicate_ids_collapsed,
+            "texts with invalid UTF-8": self.texts_with_invalid_utf8,
+            "rows without id": self.rows_without_id,
+            "candidates without first-stage": self.first_stage_missing,
+        }
+        for label, counts in notes.items():
+            if any(counts.values()):
+                lines.append(f"{label}: " + ", ".join(f"{k}={v}" for k, v in counts.items() if v))
         lines.append(f"output    rows={self.output_rows} queries={self.output_queries} -> {self.output} ({self.format})")
         lines.append(
             f"model loads={self.model_loads} oom_splits={self.oom_splits} "

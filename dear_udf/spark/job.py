@@ -38,25 +38,32 @@ def _stage(summary: RunSummary, name: str):
         summary.stage_seconds[name] = round(time.perf_counter() - start, 3)
 
 
-def _count_invalid_utf8(df: Any, columns: Sequence[str]) -> Any:
+def _profile(df: Any, *, text_columns: Sequence[str] = (), id_column: str | None = None, first_stage: bool = False) -> dict[str, int]:
+    """Counts of one input, in one pass: rows, rows holding U+FFFD (invalid UTF-8
+    replaced, or a U+FFFD already in the text), rows without an id, and for candidates
+    rows without a first-stage rank or score (null, NaN or unreadable)."""
     from pyspark.sql import functions as F
 
-    present = [c for c in columns if c in df.columns]
-    if not present:
-        return F.lit(0)
-    hit = None
-    for c in present:
-        cond = F.coalesce(F.col(c).contains("\ufffd"), F.lit(False))
-        hit = cond if hit is None else hit | cond
-    return F.sum(F.when(hit, 1).otherwise(0))
+    from .stages import has_id
 
+    def count(condition: Any) -> Any:
+        return F.sum(F.when(condition, 1).otherwise(0))
 
-def _profile(df: Any, columns: Sequence[str]) -> tuple[int, int]:
-    """Rows and rows holding U+FFFD (invalid UTF-8 replaced), in one pass."""
-    from pyspark.sql import functions as F
-
-    row = df.agg(F.count(F.lit(1)).alias("n"), _count_invalid_utf8(df, columns).alias("bad")).collect()[0]
-    return int(row["n"]), int(row["bad"] or 0)
+    measures = {"rows": F.count(F.lit(1))}
+    present = [c for c in text_columns if c in df.columns]
+    if present:
+        hit = None
+        for c in present:
+            cond = F.coalesce(F.col(c).contains("\ufffd"), F.lit(False))
+            hit = cond if hit is None else hit | cond
+        measures["invalid_utf8"] = count(hit)
+    if id_column:
+        measures["without_id"] = count(~has_id(F.col(id_column)))
+    if first_stage:
+        measures["rank"] = count(F.col(S.FIRST_STAGE_RANK).isNull())
+        measures["score"] = count(F.col(S.FIRST_STAGE_SCORE).isNull())
+    row = df.agg(*[m.alias(name) for name, m in measures.items()]).collect()[0]
+    return {name: int(row[name] or 0) for name in measures}
 
 
 def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
@@ -71,7 +78,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
     from pyspark.sql import functions as F
 
     from ..model import inspect_model
-    from . import read, stages
+    from . import faults, read, stages
     from .session import get_session
     from .udf import CounterParam, ScoringSettings, score_pairs
     from .write import write_output
@@ -89,8 +96,12 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
         "model_fingerprint": info.fingerprint,
         "model_revision": info.revision,
     }
+
     spark = spark or get_session(master=config.master, conf=config.spark_conf, arrow_batch_size=config.arrow_batch_size)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_size))
+    injected = faults.setting() or spark.sparkContext.environment.get(faults.ENV)
+    if injected:  # tests only: a run with injected faults says so
+        summary.settings["fault_injection"] = injected
     persisted: list[Any] = []
 
     try:
@@ -98,15 +109,17 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
             queries = read.read_input(spark, config.queries, "queries")
             corpus = read.read_input(spark, config.corpus, "corpus")
             candidates = read.read_input(spark, config.candidates, "candidates")
-            for name, df, text_cols in (
-                ("queries", queries, (S.QUERY,)),
-                ("corpus", corpus, (S.TITLE, S.TEXT)),
-                ("candidates", candidates, ()),
+            for name, df, text_cols, id_col in (
+                ("queries", queries, (S.QUERY,), S.QUERY_ID),
+                ("corpus", corpus, (S.TITLE, S.TEXT), S.DOC_ID),
             ):
-                rows, bad = _profile(df, text_cols)
-                summary.rows_read[name] = rows
-                if text_cols:
-                    summary.texts_with_invalid_utf8[name] = bad
+                counts = _profile(df, text_columns=text_cols, id_column=id_col)
+                summary.rows_read[name] = counts["rows"]
+                summary.texts_with_invalid_utf8[name] = counts["invalid_utf8"]
+                summary.rows_without_id[name] = counts["without_id"]
+            counts = _profile(candidates, first_stage=True)
+            summary.rows_read["candidates"] = counts["rows"]
+            summary.first_stage_missing = {"rank": counts["rank"], "score": counts["score"]}
             summary.duplicate_ids_collapsed["queries"] = stages.check_unique_ids(queries, S.QUERY_ID, [S.QUERY], config.queries.path)
             summary.duplicate_ids_collapsed["corpus"] = stages.check_unique_ids(corpus, S.DOC_ID, [S.TITLE, S.TEXT], config.corpus.path)
             summary.candidates_read = summary.rows_read["candidates"]
@@ -152,13 +165,20 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
             persisted.append(top)
             row = top.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct(S.QUERY_ID).alias("queries")).collect()[0]
             summary.output_rows, summary.output_queries = int(row["rows"]), int(row["queries"])
-            all_queries = candidates.select(S.QUERY_ID).where(F.col(S.QUERY_ID).isNotNull()).distinct()
+            all_queries = candidates.select(S.QUERY_ID).where(stages.has_id(F.col(S.QUERY_ID))).distinct()
             summary.queries_in_candidates = all_queries.count()
+            # Queries with no candidate row at all: nothing to rerank, so nothing is written
+            # for them; they are counted, not listed (first-stage misses are normal).
+            known = queries.select(S.QUERY_ID).where(stages.has_id(F.col(S.QUERY_ID))).distinct()
+            summary.queries_without_candidates = known.join(all_queries, S.QUERY_ID, "left_anti").count()
             nothing = all_queries.join(scored.select(S.QUERY_ID).distinct(), S.QUERY_ID, "left_anti")
             summary.queries_with_nothing_to_rank_count = nothing.count()
             summary.queries_with_nothing_to_rank = sorted(
                 r[S.QUERY_ID] for r in nothing.limit(NOTHING_TO_RANK_LISTED).collect()
             )
+
+        if not (summary.accounted and summary.queries_accounted):
+            raise DearRerankError(f"accounting does not balance; refusing to write: {summary.as_dict()}")
 
         with _stage(summary, "write"):
             summary.write = write_output(top, output=config.output, fmt=config.format, run_id=config.run_id)
@@ -175,7 +195,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
             df.unpersist()
 
     summary.wall_seconds = round(time.perf_counter() - started, 3)
-    if not summary.accounted:
+    if not (summary.accounted and summary.queries_accounted):
         raise DearRerankError(f"accounting does not balance: {summary.as_dict()}")
     summary.write_json(config.summary_path)
     print(summary.render())

@@ -4,10 +4,10 @@ Formats: Parquet, Delta (Spark's reader when the session has Delta, else ``delta
 catalog tables, JSON Lines, MS MARCO TSV (``id<TAB>text``), TREC run files, TREC qrels and
 BEIR folders. The format is inferred from the path (``io.formats.infer_format``) unless given.
 
-Text files are decoded as UTF-8 with invalid bytes replaced by U+FFFD (Spark's text reader
-does this; the local readers do the same), and the job counts such texts. Malformed lines
-(a TREC line without six fields, a TSV line without a tab) stop the run before scoring,
-naming the file and the line.
+Text files, JSON Lines included, are decoded as UTF-8 with invalid bytes replaced by U+FFFD
+(Spark's text reader does this; the local readers do the same), and the job counts such
+texts. Malformed lines (a TREC line without six fields, a TSV line without a tab, a JSON
+line that is not an object) stop the run before scoring, naming the file and the line.
 """
 
 from __future__ import annotations
@@ -67,6 +67,31 @@ def _read_tsv(spark: Any, path: str, kind: Kind) -> Any:
     if kind == "corpus":
         out = out.withColumn(S.TITLE, F.lit(None).cast("string"))
     return out
+
+
+_CORRUPT = "_corrupt_record"
+
+
+def _read_jsonl(spark: Any, path: str) -> Any:
+    """JSON Lines, decoded like the text formats: invalid UTF-8 becomes U+FFFD.
+
+    Spark's JSON reader hands undecodable bytes to its parser, which turns the whole record
+    into a ``_corrupt_record`` with null fields: an id or a text silently lost. So the lines
+    are read as text (invalid bytes replaced), and parsed with ``from_json`` against the
+    schema Spark infers from the file. A line that is still not a JSON object stops the
+    run, naming the file and the line, as the local reader does.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    inferred = spark.read.json(path).schema
+    schema = StructType([f for f in inferred.fields if f.name != _CORRUPT] + [StructField(_CORRUPT, StringType())])
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}
+    parsed = F.from_json(F.col("value"), schema, options)
+    blank = F.trim(F.col("value")) == ""
+    _first_bad_line(spark, path, ~blank & (parsed.isNull() | parsed[_CORRUPT].isNotNull()), "not a JSON object")
+    lines = spark.read.text(path).filter(~blank)
+    return lines.select(parsed.alias("_r")).select("_r.*").drop(_CORRUPT)
 
 
 def _read_trec(spark: Any, path: str, kind: Kind) -> Any:
@@ -129,7 +154,7 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
         _check_exists(inner)
         if kind == "qrels":
             return _read_qrels_text(spark, inner)
-        return spark.read.json(inner)
+        return _read_jsonl(spark, inner)
     if fmt == "parquet":
         return spark.read.parquet(path)
     if fmt == "delta":
@@ -140,7 +165,7 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
         except Exception as exc:  # noqa: BLE001 - AnalysisException: no such table
             raise InputError(f"{path}: no such table in this Spark session ({exc}).") from exc
     if fmt == "jsonl":
-        return spark.read.json(path)
+        return _read_jsonl(spark, path)
     if fmt == "tsv":
         return _read_tsv(spark, path, kind)
     if kind == "qrels" and fmt in ("tsv", "qrels", "trec"):
@@ -164,8 +189,11 @@ def _canonical(df: Any, spec: InputSpec, kind: Kind) -> Any:
         if id_col in out.columns:
             out = out.withColumn(id_col, F.trim(F.col(id_col).cast("string")))
     if kind == "candidates":
+        # try_cast: under ANSI mode (Spark 4's default) a NaN, an overflowing or a
+        # non-numeric rank would fail the whole job at its first action; such a value
+        # carries no first-stage evidence, so it reads as missing (null), like a NaN score.
         for col, typ in ((S.FIRST_STAGE_RANK, "int"), (S.FIRST_STAGE_SCORE, "double")):
-            out = out.withColumn(col, F.col(col).cast(typ) if col in out.columns else F.lit(None).cast(typ))
+            out = out.withColumn(col, F.col(col).try_cast(typ) if col in out.columns else F.lit(None).cast(typ))
         # NaN scores order unpredictably; they carry no first-stage evidence.
         out = out.withColumn(S.FIRST_STAGE_SCORE, F.when(F.isnan(S.FIRST_STAGE_SCORE), None).otherwise(F.col(S.FIRST_STAGE_SCORE)))
     if kind == "corpus" and S.TITLE not in out.columns:

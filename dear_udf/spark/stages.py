@@ -3,12 +3,15 @@
 Every candidate row read ends in exactly one place: the pairs to score, or a
 ``drop_reason``. The first reason that applies wins, in this order:
 
-- ``null_id``: the row has no query id or no doc id;
+- ``null_id``: the row has no query id or no doc id (null, empty or only whitespace);
 - ``duplicate_candidate``: the same (query, doc) appeared before (the best rank is kept);
 - ``beyond_depth``: not among the first ``depth`` candidates of its query, ordered by
   first-stage rank, then score (descending), then doc id;
 - ``query_id_not_in_queries`` / ``empty_query_text``;
 - ``doc_id_not_in_corpus`` / ``empty_document`` (no title and no text).
+
+"Empty" text means null, empty or only whitespace. A document with a title but no text is
+scored (``"document: <title> "``), as is one with text and no title.
 """
 
 from __future__ import annotations
@@ -41,7 +44,18 @@ def first_stage_order(F: Any) -> list:
 
 
 def _blank(F: Any, column: Any) -> Any:
-    return column.isNull() | (F.trim(column) == "")
+    """Null, empty, or only whitespace (Unicode's too: tabs, newlines, no-break spaces).
+
+    ``trim`` would not do: Spark's trims only the ASCII space.
+    """
+    return column.isNull() | ~column.rlike(r"(?U)\S")
+
+
+def has_id(column: Any) -> Any:
+    """True where an id is usable: not null, not empty, not only whitespace."""
+    from pyspark.sql import functions as F
+
+    return ~_blank(F, column)
 
 
 def check_unique_ids(df: Any, id_column: str, value_columns: list[str], path: str) -> int:
@@ -49,9 +63,12 @@ def check_unique_ids(df: Any, id_column: str, value_columns: list[str], path: st
 
     Rows repeating an id with identical content are collapsed (counted). An id whose
     rows disagree is an error naming up to ten such ids: there is no right text to pick.
+    Rows without an id cannot be joined to any candidate and are left out here (the job
+    counts them as ``rows_without_id``).
     """
     from pyspark.sql import functions as F
 
+    df = df.filter(has_id(F.col(id_column)))
     content = F.sha2(F.to_json(F.struct(*[F.col(c) for c in value_columns])), 256)
     groups = df.groupBy(id_column).agg(F.count(F.lit(1)).alias("n"), F.countDistinct(content).alias("versions"))
     dup = groups.filter(F.col("n") > 1)
@@ -77,7 +94,7 @@ def candidate_status(candidates: Any, queries: Any, corpus: Any, *, depth: int) 
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    null_id = F.col(S.QUERY_ID).isNull() | F.col(S.DOC_ID).isNull()
+    null_id = ~has_id(F.col(S.QUERY_ID)) | ~has_id(F.col(S.DOC_ID))
     order = first_stage_order(F)
     # The same (query, doc) twice: keep the best-ranked row, drop the others.
     dup_window = Window.partitionBy(S.QUERY_ID, S.DOC_ID).orderBy(*order)
@@ -93,8 +110,9 @@ def candidate_status(candidates: Any, queries: Any, corpus: Any, *, depth: int) 
     c = c.withColumn(DROP_REASON, F.when(in_play & (F.col(_POSITION) > depth), F.lit("beyond_depth")).otherwise(F.col(DROP_REASON)))
     c = c.withColumn(S.FIRST_STAGE_RANK, F.coalesce(F.col(S.FIRST_STAGE_RANK), F.col(_POSITION)).cast("int"))
 
-    q = queries.select(S.QUERY_ID, S.QUERY, F.lit(True).alias("_has_query")).dropDuplicates([S.QUERY_ID])
-    d = corpus.select(S.DOC_ID, S.TITLE, S.TEXT, F.lit(True).alias("_has_doc")).dropDuplicates([S.DOC_ID])
+    # check_unique_ids has made sure repeated ids carry identical rows, so any one will do.
+    q = queries.filter(has_id(F.col(S.QUERY_ID))).select(S.QUERY_ID, S.QUERY, F.lit(True).alias("_has_query")).dropDuplicates([S.QUERY_ID])
+    d = corpus.filter(has_id(F.col(S.DOC_ID))).select(S.DOC_ID, S.TITLE, S.TEXT, F.lit(True).alias("_has_doc")).dropDuplicates([S.DOC_ID])
     joined = c.join(q, S.QUERY_ID, "left").join(d, S.DOC_ID, "left")
     reason = (
         F.when(F.col(DROP_REASON).isNotNull(), F.col(DROP_REASON))
