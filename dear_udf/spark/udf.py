@@ -72,7 +72,7 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
         from pyspark import TaskContext
 
         from ..exceptions import ModelLoadError
-        from . import model_cache
+        from . import faults, model_cache
 
         device = model_cache.task_device(settings.spec.device)
         if device == "cpu":
@@ -94,6 +94,9 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
                 f"the driver saw {settings.expected_fingerprint[:16]}; is the model path the same everywhere?"
             )
         before = scorer.stats.as_dict()
+        injected = faults.active()  # None unless a test set DEAR_RERANK_INJECT_FAULT
+        if injected is not None:
+            injected.before_scoring(scorer)
 
         def chunks(kept: list[pa.RecordBatch]):
             for batch in batches:
@@ -107,10 +110,19 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
                 )
 
         kept: list[pa.RecordBatch] = []
-        for scores in scorer.score_stream(chunks(kept)):
-            batch = kept.pop(0)
-            arrays = [batch.column(name) for name in CARRY] + [pa.array(scores, type=pa.float32())]
-            yield pa.RecordBatch.from_arrays(arrays, schema=SCORED_ARROW_SCHEMA)
+        try:
+            for scores in scorer.score_stream(chunks(kept)):
+                batch = kept.pop(0)
+                arrays = [batch.column(name) for name in CARRY] + [pa.array(scores, type=pa.float32())]
+                out = pa.RecordBatch.from_arrays(arrays, schema=SCORED_ARROW_SCHEMA)
+                yield out
+                if injected is not None:
+                    injected.after_batch(out)
+            if injected is not None:
+                injected.after_partition()
+        finally:
+            if injected is not None:
+                injected.restore(scorer)
 
         if counters is not None:
             after = scorer.stats.as_dict()

@@ -46,6 +46,7 @@ def _spark_delta(df: Any, output: str, run_id: str) -> dict[str, Any]:
 
 def _deltalake(df: Any, output: str, run_id: str) -> dict[str, Any]:
     from ..io.delta_commit import commit_run
+    from . import faults
 
     if "://" in output and not output.startswith("file://"):
         raise OutputError(
@@ -61,6 +62,8 @@ def _deltalake(df: Any, output: str, run_id: str) -> dict[str, Any]:
         for name in os.listdir(os.path.join(root, relative_dir))
         if name.endswith(".parquet") and not name.startswith(("_", "."))
     )
+    # Tests stop the driver here (files written, nothing committed); a no-op otherwise.
+    faults.driver_point("before-commit", files=files, table=root)
     version = commit_run(root, run_id, files)
     return {"writer": "deltalake", "delta_version": version, "files": len(files)}
 
