@@ -1,0 +1,601 @@
+"""Benchmark of the scoring core against DeAR's official loop and the model card's fast_rerank.
+
+Same model, same pairs, same machine, one process. Prints a table and writes JSON to
+``bench/results/<name>.json``.
+
+- ``--mode quick`` (CPU, minutes): a small Llama classifier built offline by
+  ``dear_udf.testing.build_tiny_dear`` (hidden 256, 4 layers, intermediate 688), large
+  enough that the forward pass, not Python, dominates; saved and loaded like a real model.
+  Checks issue 2's CPU target: scorer >= 2.5x the padded-to-228 loop's pairs/s with at
+  most 1.1 computed tokens per real token.
+- ``--mode full`` (GPU): Llama-3.2-3B- and Llama-3.1-8B-shaped classifiers with random
+  weights, built directly in bf16 on the GPU (no download), plus model FLOP utilisation.
+  Needs torch + transformers only: no pyspark.
+
+Contestants (``dear_udf.baselines``):
+- ``scorer``: ``dear_udf.scorer.Scorer``, batch 128, real tokens only, sorted batches;
+- ``official``: DeAR's ``inference.py``: padded to 228, batch 64, fp16 autocast on GPU;
+- ``fast_rerank``: the model card's loop: ``padding=True``, unsorted batches of 128.
+
+Examples:
+    python bench/run.py --mode quick
+    python bench/run.py --mode full --device cuda --shapes 3b,8b
+    python bench/run.py --mode full --device cpu --shapes smoke   # exercises the full path
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import functools
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python bench/run.py` puts bench/, not the root, on the path
+    sys.path.insert(0, str(ROOT))
+
+from bench.data import Pairs, generate, length_summary  # noqa: E402
+
+RESULTS_DIR = ROOT / "bench" / "results"
+H100_BF16_DENSE_FLOPS = 989e12
+CPU_TARGET_RATIO = 2.5
+CPU_TARGET_COMPUTED_PER_REAL = 1.1
+
+# Model shapes. "quick" is the CPU model; "3b"/"8b" follow Llama-3.2-3B and Llama-3.1-8B;
+# "smoke" is a small shape to exercise the full-mode path without a GPU.
+SHAPES: dict[str, dict[str, int]] = {
+    "quick": dict(hidden_size=256, layers=4, heads=4, kv_heads=2, intermediate_size=688),
+    "smoke": dict(hidden_size=128, layers=2, heads=4, kv_heads=2, intermediate_size=344, vocab_size=128256),
+    "3b": dict(hidden_size=3072, layers=28, heads=24, kv_heads=8, intermediate_size=8192, vocab_size=128256),
+    "8b": dict(hidden_size=4096, layers=32, heads=32, kv_heads=8, intermediate_size=14336, vocab_size=128256),
+}
+
+
+# -- machine and memory --------------------------------------------------------------------
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import torch
+    import transformers
+
+    info: dict[str, Any] = {
+        "cpu_model": _lscpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "git_commit": _git_commit(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _lscpu_model() -> str | None:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return platform.processor() or None
+    for line in out.splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Peak resident set size of this process while the block runs (sampled every 5 ms).
+
+    ``ru_maxrss`` only ever grows over the whole process, so it cannot tell contestants
+    apart; a sampling thread can (torch releases the GIL inside its kernels).
+    """
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakRSS:
+        if not os.path.exists("/proc/self/statm"):
+            return self
+        self.peak = _rss_bytes()
+
+        def sample() -> None:
+            while not self._stop.wait(self.interval):
+                self.peak = max(self.peak, _rss_bytes())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self.peak = max(self.peak, _rss_bytes())
+
+
+# -- models --------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchModel:
+    """A model under test and how it came to be."""
+
+    name: str
+    loaded: Any  # dear_udf.model.LoadedModel
+    load_seconds: float
+    load_kind: str  # "load_model" (from disk) or "random-init" (built on the device)
+    params_non_embedding: int
+
+
+def _non_embedding_params(model: Any) -> int:
+    # Embedding lookups cost no FLOPs; the classifier head (hidden x 1) is counted.
+    embed = model.get_input_embeddings().weight
+    return sum(p.numel() for p in model.parameters() if p is not embed)
+
+
+def quick_model(workdir: Path, device: str) -> BenchModel:
+    """Build the CPU benchmark model on disk, then load it the way the job does."""
+    from dear_udf.model import ModelSpec, load_model
+    from dear_udf.testing import build_tiny_dear
+
+    shape = SHAPES["quick"]
+    path = build_tiny_dear(workdir / "quick-model", pooling="index227", seed=0, **shape)
+    loaded = load_model(ModelSpec(model=str(path), dtype="float32", device=device, local_files_only=True))
+    return BenchModel(
+        name="quick-llama-h256-l4",
+        loaded=loaded,
+        load_seconds=loaded.load_seconds,
+        load_kind="load_model",
+        params_non_embedding=_non_embedding_params(loaded.model),
+    )
+
+
+def random_model(shape_name: str, workdir: Path, *, device: str, dtype: str) -> BenchModel:
+    """A Llama sequence classifier of a real model's shape with random weights.
+
+    Built directly on ``device`` in ``dtype`` (nothing saved or downloaded). Pooling is
+    DeAR's: ``config.pad_token_id = 0`` with EOS padding, so every pair pools index 227.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from dear_udf.model import LoadedModel, ModelSpec, _torch_dtype
+    from dear_udf.testing import build_tokenizer
+
+    shape = SHAPES[shape_name]
+    tokenizer = build_tokenizer(workdir / f"tokenizer-{shape_name}")
+    tokenizer.pad_token = tokenizer.eos_token
+    config = LlamaConfig(
+        vocab_size=shape["vocab_size"],
+        hidden_size=shape["hidden_size"],
+        intermediate_size=shape["intermediate_size"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        num_key_value_heads=shape["kv_heads"],
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=0,
+        num_labels=1,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+    start = time.perf_counter()
+    default_dtype = torch.get_default_dtype()
+    torch.manual_seed(0)
+    try:
+        # Default dtype + device context: weights are created in place on the GPU in bf16,
+        # never materialised in fp32 on the host (an 8B model would need 32 GB there).
+        torch.set_default_dtype(_torch_dtype(dtype))
+        with torch.device(device):
+            model = LlamaForSequenceClassification(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    model.eval().requires_grad_(False)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    spec = ModelSpec(model=f"random-{shape_name}", dtype=dtype, device=device)
+    loaded = LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        pad_id=int(tokenizer.pad_token_id),
+        pool_pad_id=0,
+        device=device,
+        dtype=dtype,
+        spec=spec,
+        fingerprint="random-weights",
+        revision=None,
+        load_seconds=seconds,
+    )
+    return BenchModel(f"random-llama-{shape_name}", loaded, seconds, "random-init", _non_embedding_params(model))
+
+
+# -- contestants ---------------------------------------------------------------------------
+
+Contestant = Callable[[Any, Pairs], "tuple[Any, int]"]
+
+
+def run_scorer(loaded: Any, pairs: Pairs, batch_size: int = 128) -> tuple[Any, int]:
+    from dear_udf.scorer import Scorer
+
+    scorer = Scorer(loaded, batch_size=batch_size)
+    scores = scorer.score(pairs.queries, pairs.titles, pairs.texts)
+    return scores, scorer.stats.computed_tokens
+
+
+def run_official(loaded: Any, pairs: Pairs) -> tuple[Any, int]:
+    from dear_udf.baselines import official_loop
+
+    return official_loop(loaded, pairs.queries, pairs.titles, pairs.texts, batch_size=64)
+
+
+def run_fast_rerank(loaded: Any, pairs: Pairs) -> tuple[Any, int]:
+    from dear_udf.baselines import fast_rerank_loop
+
+    return fast_rerank_loop(loaded, pairs.queries, pairs.titles, pairs.texts, batch_size=128)
+
+
+CONTESTANTS: dict[str, Contestant] = {
+    "scorer": run_scorer,
+    "official": run_official,
+    "fast_rerank": run_fast_rerank,
+    # Not in the default set: the scorer with smaller micro-batches, to measure how much
+    # of the padding left at batch 128 is the batch planning's (see RESULTS.md).
+    "scorer_b64": functools.partial(run_scorer, batch_size=64),
+    "scorer_b32": functools.partial(run_scorer, batch_size=32),
+}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def measure(
+    bench_model: BenchModel,
+    pairs: Pairs,
+    real_tokens: int,
+    *,
+    contestants: list[str],
+    repeats: int,
+    device: str,
+    peak_flops: float | None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Time each contestant ``repeats`` times, interleaved so drifting machine load hits all.
+
+    Returns per-contestant results and the scores of each contestant's last run.
+    """
+    import torch
+
+    loaded = bench_model.loaded
+    warm = pairs.subset(list(range(min(len(pairs), 64))))
+    for name in contestants:  # first-call costs (kernels, allocator, tokenizer caches)
+        CONTESTANTS[name](loaded, warm)
+    _sync(device)
+
+    times: dict[str, list[float]] = {n: [] for n in contestants}
+    cpu_times: dict[str, list[float]] = {n: [] for n in contestants}
+    rss: dict[str, int] = {n: 0 for n in contestants}
+    gpu: dict[str, int] = {n: 0 for n in contestants}
+    computed: dict[str, int] = {}
+    scores: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name in contestants:
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            with PeakRSS() as peak:
+                _sync(device)
+                start, cpu_start = time.perf_counter(), time.process_time()
+                scores[name], computed[name] = CONTESTANTS[name](loaded, pairs)
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
+                cpu_times[name].append(time.process_time() - cpu_start)
+            rss[name] = max(rss[name], peak.peak)
+            if device.startswith("cuda"):
+                gpu[name] = max(gpu[name], torch.cuda.max_memory_allocated())
+
+    results: dict[str, dict[str, Any]] = {}
+    for name in contestants:
+        median = statistics.median(times[name])
+        best = min(times[name])
+        row: dict[str, Any] = {
+            "seconds": times[name],
+            "seconds_median": median,
+            # CPU seconds of this process (all threads): on a shared machine, other
+            # people's jobs inflate wall time; with --threads 1 this tracks the work done.
+            "cpu_seconds": cpu_times[name],
+            "pairs_per_cpu_s": len(pairs) / statistics.median(cpu_times[name]),
+            "pairs_per_s": len(pairs) / median,
+            "pairs_per_s_best": len(pairs) / best,
+            "real_tokens_per_s": real_tokens / median,
+            "computed_tokens": computed[name],
+            "computed_per_real_token": computed[name] / real_tokens,
+            "peak_rss_mib": rss[name] / 2**20,
+            "peak_gpu_mib": gpu[name] / 2**20 if device.startswith("cuda") else None,
+        }
+        if peak_flops:
+            # Useful work only: 2 FLOPs per parameter per real token (attention and padding
+            # excluded), so padding shows up as lost utilisation.
+            row["mfu"] = 2 * bench_model.params_non_embedding * real_tokens / median / peak_flops
+        results[name] = row
+    return results, scores
+
+
+def fidelity(loaded: Any, pairs: Pairs, scores: dict[str, Any], reference_pairs: int) -> dict[str, Any]:
+    """Max |score difference| between contestants and against the padded-alone reference."""
+    import numpy as np
+
+    from dear_udf.baselines import reference_scores
+
+    out: dict[str, Any] = {}
+    if "scorer" in scores and "official" in scores:
+        out["max_abs_scorer_vs_official"] = float(np.max(np.abs(scores["scorer"] - scores["official"])))
+    if reference_pairs > 0:
+        # Spread over all queries: every k-th pair, not the first query's candidates only.
+        step = max(1, len(pairs) // reference_pairs)
+        rows = list(range(0, len(pairs), step))[:reference_pairs]
+        sub = pairs.subset(rows)
+        ref = reference_scores(loaded, sub.queries, sub.titles, sub.texts)
+        out["reference_pairs"] = len(rows)
+        for name, values in scores.items():
+            out[f"max_abs_{name}_vs_reference"] = float(np.max(np.abs(values[rows] - ref)))
+    return out
+
+
+# -- Spark end to end (hook) -----------------------------------------------------------------
+
+
+def bench_spark(args: argparse.Namespace, pairs: Pairs, workdir: Path) -> dict[str, Any] | None:
+    """Spark end-to-end section: to be filled once ``dear_udf.spark.job.run_job`` exists.
+
+    Intended shape: write ``pairs`` as queries/corpus/candidates Parquet under ``workdir``,
+    build a ``JobConfig`` for a local session with the quick model, time
+    ``run_job(config)``, and report pairs/s end to end next to the scorer's in-process
+    pairs/s (the cost of Spark: JVM, Arrow batches, worker model cache, writing).
+    Returns None (and the section is left out) while ``run_job`` is not there.
+    """
+    try:
+        from dear_udf.spark.job import run_job  # noqa: F401
+    except ImportError:
+        return None
+    return None
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """Print one table per model, then ratios, fidelity and the target check."""
+    data = report["data"]
+    print(
+        f"\n{report['name']}: {data['pairs']} pairs ({data['queries']} queries x {data['docs_per_query']}), "
+        f"{data['real_tokens']} real tokens (mean {data['lengths']['mean']:.1f} ids/pair), "
+        f"repeats {report['repeats']} (median shown), device {report['device']}"
+    )
+    for model in report["models"]:
+        print(
+            f"\n[{model['model']}] {model['params_non_embedding'] / 1e6:.1f}M non-embedding params, "
+            f"{model['load_kind']} {model['load_seconds']:.2f} s"
+        )
+        header = (
+            f"{'contestant':<12} {'pairs/s':>9} {'best':>9} {'pairs/CPUs':>10} {'real tok/s':>11} "
+            f"{'comp/real':>9} {'RSS MiB':>8} {'GPU MiB':>8} {'MFU':>6}"
+        )
+        print(header)
+        print("-" * len(header))
+        for name, row in model["contestants"].items():
+            print(
+                f"{name:<12} {row['pairs_per_s']:>9.1f} {row['pairs_per_s_best']:>9.1f} {row['pairs_per_cpu_s']:>10.1f} "
+                f"{row['real_tokens_per_s']:>11.0f} {row['computed_per_real_token']:>9.3f} "
+                f"{row['peak_rss_mib']:>8.0f} {_fmt(row['peak_gpu_mib'], '8.0f'):>8} "
+                f"{_fmt(row.get('mfu'), '6.1%'):>6}"
+            )
+        for key, value in model["ratios"].items():
+            print(f"  {key}: {value:.2f}x")
+        for key, value in model["fidelity"].items():
+            print(f"  {key}: {value:.3g}" if isinstance(value, float) else f"  {key}: {value}")
+        if model.get("target"):
+            t = model["target"]
+            print(
+                f"  CPU target (scorer >= {CPU_TARGET_RATIO}x official, <= {CPU_TARGET_COMPUTED_PER_REAL} "
+                f"computed/real): ratio {t['ratio']:.2f}, computed/real {t['computed_per_real']:.3f} -> "
+                f"{'MET' if t['met'] else 'NOT MET'}"
+            )
+    if report.get("spark") is None:
+        print("\nspark: not run (dear_udf.spark.job.run_job not available)")
+
+
+def write_json(report: dict[str, Any], name: str) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["quick", "full"], default="quick")
+    parser.add_argument("--name", help="results file name (default: <mode>-<device>)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu for quick, cuda for full)")
+    parser.add_argument("--dtype", default=None, help="full mode weights dtype (default bfloat16)")
+    parser.add_argument("--shapes", default="3b,8b", help="full mode shapes, comma-separated: 3b, 8b, smoke")
+    parser.add_argument("--queries", type=int, default=None, help="queries (default 20 quick, 50 full)")
+    parser.add_argument("--docs-per-query", type=int, default=100, help="candidates per query (BM25 top-100)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per contestant, median reported (default 2 quick, 3 full)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--contestants", default="scorer,official,fast_rerank")
+    parser.add_argument("--reference-pairs", type=int, default=None, help="pairs checked against the batch-1 reference (default 100)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default 989 on CUDA = H100/H200 bf16 dense)")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not write bench/results/<name>.json")
+    args = parser.parse_args(argv)
+    args.device = args.device or ("cpu" if args.mode == "quick" else "cuda")
+    args.dtype = args.dtype or ("float32" if args.mode == "quick" else "bfloat16")
+    # 20 x 100 = 2000 pairs: one scorer call of that size leaves ~6% padding at batch 128
+    # (the Spark job's calls are up to 10000 rows, ~2%); see RESULTS.md.
+    args.queries = args.queries or (20 if args.mode == "quick" else 50)
+    args.repeats = args.repeats or (2 if args.mode == "quick" else 3)
+    args.reference_pairs = 100 if args.reference_pairs is None else args.reference_pairs
+    args.name = args.name or f"{args.mode}-{args.device.split(':')[0]}"
+    unknown = [c for c in args.contestants.split(",") if c not in CONTESTANTS]
+    if unknown:
+        parser.error(f"--contestants: unknown {unknown}; choose from {list(CONTESTANTS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from dear_udf.layout import Layout, PairEncoder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    contestants = args.contestants.split(",")
+    peak_flops = args.peak_tflops * 1e12 if args.peak_tflops else (H100_BF16_DENSE_FLOPS if args.device.startswith("cuda") else None)
+    command = "python bench/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+
+    report: dict[str, Any] = {
+        "name": args.name,
+        "mode": args.mode,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "device": args.device,
+        "repeats": args.repeats,
+        "machine": machine_info(args.device),
+        "models": [],
+        "spark": None,
+    }
+    with tempfile.TemporaryDirectory(prefix="dear-bench-") as tmp:
+        workdir = Path(tmp)
+        if args.mode == "quick":
+            builders = [lambda: quick_model(workdir, args.device)]
+        else:
+            builders = [
+                (lambda s=s: random_model(s, workdir, device=args.device, dtype=args.dtype))
+                for s in args.shapes.split(",")
+            ]
+        pairs: Pairs | None = None
+        for build in builders:
+            bench_model = build()
+            loaded = bench_model.loaded
+            if pairs is None:
+                # Every model in a run shares one tokenizer (same training text and seed),
+                # so the pairs and their token lengths are the same for all of them.
+                pairs = generate(
+                    n_queries=args.queries, docs_per_query=args.docs_per_query, seed=args.seed, tokenizer=loaded.tokenizer
+                )
+                encoder = PairEncoder(loaded.tokenizer, Layout(), pool_pad_id=loaded.pool_pad_id, pad_id=loaded.pad_id)
+                ids, _ = encoder.encode(pairs.queries, pairs.titles, pairs.texts)
+                real_tokens = sum(len(x) for x in ids)
+                report["data"] = {
+                    "generator": "bench/data.py (MS MARCO-like token lengths)",
+                    "seed": args.seed,
+                    "pairs": len(pairs),
+                    "queries": args.queries,
+                    "docs_per_query": args.docs_per_query,
+                    "real_tokens": real_tokens,
+                    "lengths": length_summary(ids),
+                }
+            results, scores = measure(
+                bench_model,
+                pairs,
+                real_tokens,
+                contestants=contestants,
+                repeats=args.repeats,
+                device=args.device,
+                peak_flops=peak_flops,
+            )
+            entry: dict[str, Any] = {
+                "model": bench_model.name,
+                "dtype": loaded.dtype,
+                "params_non_embedding": bench_model.params_non_embedding,
+                "load_seconds": bench_model.load_seconds,
+                "load_kind": bench_model.load_kind,
+                "contestants": results,
+                "ratios": {
+                    **{
+                        f"scorer/{other} pairs/s": results["scorer"]["pairs_per_s"] / results[other]["pairs_per_s"]
+                        for other in contestants
+                        if other != "scorer" and "scorer" in results
+                    },
+                    **{
+                        f"scorer/{other} pairs per CPU s": results["scorer"]["pairs_per_cpu_s"] / results[other]["pairs_per_cpu_s"]
+                        for other in contestants
+                        if other != "scorer" and "scorer" in results and args.device == "cpu"
+                    },
+                },
+                "fidelity": fidelity(loaded, pairs, scores, args.reference_pairs),
+            }
+            if args.device == "cpu" and "scorer" in results and "official" in results:
+                ratio = entry["ratios"]["scorer/official pairs/s"]
+                per_real = results["scorer"]["computed_per_real_token"]
+                entry["target"] = {
+                    "ratio": ratio,
+                    "computed_per_real": per_real,
+                    "met": ratio >= CPU_TARGET_RATIO and per_real <= CPU_TARGET_COMPUTED_PER_REAL,
+                }
+            report["models"].append(entry)
+            del bench_model, loaded, scores
+            gc.collect()  # drop the model before the next shape is built on the same GPU
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        assert pairs is not None
+        report["spark"] = bench_spark(args, pairs, workdir)
+    report["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    print_table(report)
+    if not args.no_write:
+        print(f"\nwrote {write_json(report, args.name)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
