@@ -30,43 +30,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show", type=int, default=3, help="queries whose top results are printed")
 
 
-def main(args: argparse.Namespace) -> int:
+def run_demo(
+    workdir: str | Path,
+    *,
+    master: str = "local[2]",
+    train_seconds: float = 30.0,
+    train_steps: int | None = None,
+    top_k: int = 10,
+    spark=None,
+):
+    """Build the stand-in model and the collection, run the job, return (summary, collection)."""
     from .config import build_job_config
     from .demo_data import make_collection, write_collection
     from .spark.job import run_job
     from .train import build_demo_model
 
-    workdir = Path(args.workdir)
+    workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     collection = make_collection(with_bad_rows=True)
     paths = write_collection(collection, workdir / "inputs", formats="mixed")
     model_dir = workdir / "model"
     if not (model_dir / "config.json").exists():
-        print(f"training the stand-in model for {args.train_seconds:.0f}s (a tiny random Llama, not DeAR) ...")
-        build_demo_model(model_dir, collection, seconds=args.train_seconds)
-    output = workdir / "reranked"
+        print(f"training the stand-in model for {train_steps or f'{train_seconds:.0f}s'} (a tiny random Llama, not DeAR) ...")
+        build_demo_model(model_dir, collection, seconds=train_seconds, steps=train_steps)
     config = build_job_config(
         {
-            "queries": str(paths["queries"]),
-            "corpus": str(paths["corpus"]),
-            "candidates": str(paths["candidates"]),
-            "qrels": str(paths["qrels"]),
-            "output": str(output),
+            "queries": {"path": str(paths["queries"]), "format": "tsv"},
+            "corpus": {"path": str(paths["corpus"]), "format": "jsonl"},
+            "candidates": {"path": str(paths["candidates"]), "format": "trec"},
+            "qrels": {"path": str(paths["qrels"]), "format": "qrels"},
+            "output": str(workdir / "reranked"),
             "format": "delta",
             "run_id": "demo",
-            "top_k": args.top_k,
+            "top_k": top_k,
             "depth": 100,
             "model": {"model": str(model_dir), "device": "cpu"},
-            "master": args.master,
+            "master": master,
             "trec_out": str(workdir / "reranked.trec"),
             "spark_conf": {"spark.sql.shuffle.partitions": "4"},
         },
         where="demo",
     )
-    summary = run_job(config)
+    return run_job(config, spark=spark), collection
+
+
+def main(args: argparse.Namespace) -> int:
+    summary, collection = run_demo(
+        args.workdir, master=args.master, train_seconds=args.train_seconds, top_k=args.top_k
+    )
     _show_metrics(summary.metrics)
-    _show_top(collection, output, args.show)
-    print(f"\ntable: {output} (Delta, partition run_id=demo); summary: {config.summary_path}")
+    _show_top(collection, Path(summary.output), args.show)
+    print(f"\ntable: {summary.output} (Delta, partition run_id=demo); summary: {summary.output}.summary.json")
     return 0
 
 
