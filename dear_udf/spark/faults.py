@@ -15,8 +15,11 @@ on a cluster, or ``SparkContext.environment`` before the job builds its scoring 
   ``spark.task.maxFailures`` > 1: ``local[K,F]`` or a cluster).
 - ``kill-worker-first-attempt``: the Python worker SIGKILLs itself after its first Arrow
   batch of output, on attempt 0 only (a crashed worker).
-- ``sleep-first-attempt:SEC``: attempt 0 sleeps SEC seconds before scoring, so a test can
-  kill the executor while the stage runs; the sleep ends early if the worker is orphaned.
+- ``sleep-once:SEC``: the first task to score the partition, in the whole application,
+  sleeps SEC seconds before scoring, so a test can kill its executor while the stage runs;
+  "once" is kept by a marker in ``DEAR_RERANK_FAULT_DIR`` (required), because after an
+  executor is lost Spark may rerun the stage and its attempt numbers start again at 0.
+  The sleep ends early if the worker is orphaned (its executor died).
 - ``oom-over:N``: the forward pass raises ``torch.OutOfMemoryError`` for every micro-batch
   of more than N pairs, as CUDA would; the scorer halves the batch and retries.
 - ``pause-before-commit:SEC`` (driver): after the run's Parquet files are written and
@@ -42,7 +45,7 @@ DIR_ENV = "DEAR_RERANK_FAULT_DIR"
 MODES = (
     "fail-first-attempt",
     "kill-worker-first-attempt",
-    "sleep-first-attempt",
+    "sleep-once",
     "oom-over",
     "pause-before-commit",
 )
@@ -68,7 +71,7 @@ def parse(value: str) -> list[Fault]:
         mode, _, arg = spec.partition(":")
         if mode not in MODES:
             raise ValueError(f"{ENV}: unknown fault {mode!r} in {value!r}; known: {MODES}.")
-        needs_arg = mode in ("sleep-first-attempt", "oom-over", "pause-before-commit")
+        needs_arg = mode in ("sleep-once", "oom-over", "pause-before-commit")
         if needs_arg and not arg:
             raise ValueError(f"{ENV}: fault {mode!r} needs a value, e.g. {mode}:5, got {item!r}.")
         faults.append(Fault(mode, float(arg) if arg else None, int(where) if where else None))
@@ -90,6 +93,19 @@ def _record(event: str, partition: int | None, attempt: int | None, payload: dic
     with open(tmp, "w") as handle:
         json.dump({"event": event, "partition": partition, "attempt": attempt, "pid": os.getpid(), **payload}, handle)
     os.replace(tmp, os.path.join(directory, name))  # a reader never sees half a marker
+
+
+def _claim(name: str) -> bool:
+    """True the first time any process claims ``name`` (an O_EXCL file in the fault dir)."""
+    directory = os.environ.get(DIR_ENV)
+    if not directory:
+        raise RuntimeError(f"{ENV}: this fault needs {DIR_ENV} to remember that it fired.")
+    os.makedirs(directory, exist_ok=True)
+    try:
+        os.close(os.open(os.path.join(directory, f"{name}.claimed"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 @dataclass
@@ -119,8 +135,8 @@ class TaskFaults:
     def before_scoring(self, scorer: Any) -> None:
         """Record the attempt, sleep, and wrap the scorer's forward pass for fake OOMs."""
         self._record("attempt")
-        fault = self._want("sleep-first-attempt")
-        if fault is not None:
+        fault = self._want("sleep-once", first_attempt_only=False)
+        if fault is not None and _claim(f"sleep-p{self.partition}"):
             self._record("sleep", seconds=fault.arg)
             parent = os.getppid()
             deadline = time.monotonic() + float(fault.arg or 0)

@@ -1,0 +1,350 @@
+"""Failures are survived and lose nothing: the output equals a failure-free run's (issue 4).
+
+Faults are injected with ``dear_udf.spark.faults`` (``DEAR_RERANK_INJECT_FAULT``), which
+leaves a marker for every scoring attempt and every fault fired in ``DEAR_RERANK_FAULT_DIR``;
+each test checks the markers, so it fails if the fault silently did not happen.
+
+- a scoring task failing on its first attempt, and a Python worker killed mid-partition:
+  Spark retries them (``local[2,3]``, in a subprocess with its own SparkContext, since the
+  shared ``spark`` fixture is ``local[2]`` and never retries);
+- an executor JVM killed during the scoring stage on a standalone cluster on 127.0.0.1;
+- the driver killed after writing its files and before the Delta commit: the table is as
+  before, and a rerun completes it; rerunning again changes nothing;
+- CUDA out-of-memory errors (faked on CPU): the scorer halves its micro-batches and the
+  count reaches the run summary.
+
+This file is also the subprocess's script: ``python -m tests.test_faults SPEC.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dear_udf import schema as S
+from dear_udf.spark.faults import DIR_ENV, ENV
+
+pytestmark = [pytest.mark.fault, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+TOL = 1e-4
+
+
+def _values(paths, model_dir, output, **extra):
+    values = {
+        "queries": paths["queries"],
+        "corpus": paths["corpus"],
+        "candidates": paths["candidates"],
+        "output": str(output),
+        "model": {"model": str(model_dir), "device": "cpu"},
+        "run_id": "night-1",
+        "top_k": 5,
+        "batch_size": 16,
+        # Several Arrow batches per scoring partition, so a kill lands mid-partition.
+        "arrow_batch_size": 16,
+    }
+    values.update(extra)
+    return values
+
+
+def _rows(path):
+    """The table's rows as sortable tuples (scores exact: a retry must not drift)."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(path)).to_pyarrow_table()
+    return sorted(tuple(r[c] for c in S.OUTPUT_COLUMNS) for r in table.to_pylist())
+
+
+def _markers(directory: Path, pattern: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(directory.glob(pattern))]
+
+
+def _wait_for(directory: Path, pattern: str, timeout: float, alive=lambda: True) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = _markers(directory, pattern)
+        if found:
+            return found[0]
+        if not alive():
+            raise AssertionError(f"the process ended before {pattern} appeared in {directory}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern} in {directory} after {timeout}s")
+
+
+def _subprocess_job_script(spec_path: str) -> None:
+    """Run the spec's jobs in one SparkSession (this process's own) and write their summaries.
+
+    Each run may inject faults into the Python workers through ``SparkContext.environment``,
+    which the job's scoring function captures when it is built.
+    """
+    spec = json.loads(Path(spec_path).read_text())
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from dear_udf.config import build_job_config
+    from dear_udf.spark.job import run_job
+    from dear_udf.spark.session import get_session
+
+    spark = get_session(master=spec["master"], conf=spec.get("conf", {}), arrow_batch_size=16)
+    spark.sparkContext.setLogLevel("ERROR")
+    results = {}
+    for run in spec["runs"]:
+        env = spark.sparkContext.environment
+        env.pop(ENV, None)
+        env.pop(DIR_ENV, None)
+        if run.get("fault"):
+            env[ENV], env[DIR_ENV] = run["fault"], run["fault_dir"]
+        results[run["name"]] = run_job(build_job_config(run["config"]), spark=spark).as_dict()
+    Path(spec["result"]).write_text(json.dumps(results, default=str))
+    spark.stop()
+
+
+def _spec(tmp: Path, master: str, runs: list[dict]) -> dict:
+    return {
+        "master": master,
+        "conf": {
+            "spark.sql.shuffle.partitions": "2",
+            "spark.default.parallelism": "2",
+            "spark.local.dir": str(tmp / "spark-local"),
+            "spark.sql.warehouse.dir": str(tmp / "warehouse"),
+        },
+        "runs": runs,
+        "result": str(tmp / "result.json"),
+    }
+
+
+def _python(args: list[str], **kwargs):
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYTHONPATH=str(REPO))
+    env.update(kwargs.pop("env", {}))
+    return [sys.executable, "-m", "tests.test_faults", *args], dict(env=env, cwd=REPO, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from .jobdata import write_inputs
+
+    return write_inputs(tmp_path_factory.mktemp("fault-inputs"))
+
+
+# -- task retries: local[2,3] in a subprocess ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def retried(tiny_models, data, tmp_path_factory):
+    """One subprocess, three runs of the same job: clean, failing tasks, killed workers."""
+    tmp = tmp_path_factory.mktemp("retries")
+    runs = []
+    for name, fault in (("clean", None), ("fail", "fail-first-attempt"), ("kill", "kill-worker-first-attempt")):
+        runs.append(
+            {
+                "name": name,
+                "fault": fault,
+                "fault_dir": str(tmp / f"faults-{name}"),
+                "config": _values(data["paths"], tiny_models["index227"], tmp / f"out-{name}", scoring_partitions=2),
+            }
+        )
+    spec = _spec(tmp, "local[2,3]", runs)  # 3 attempts per task
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    command, options = _python([str(tmp / "spec.json")])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=480, **options)
+    assert done.returncode == 0, done.stderr[-6000:]
+    return tmp, json.loads((tmp / "result.json").read_text())
+
+
+def _assert_same_as_clean(tmp: Path, results: dict, name: str) -> None:
+    clean, faulty = results["clean"], results[name]
+    assert faulty["accounted"] and faulty["queries_accounted"]
+    for key in ("candidates_read", "pairs_scored", "dropped", "output_rows", "output_queries"):
+        assert faulty[key] == clean[key], key
+    assert faulty["pairs_scored"] == 144
+    assert _rows(tmp / f"out-{name}") == _rows(tmp / "out-clean")
+
+
+def test_failed_scoring_task_is_retried_and_output_is_identical(retried):
+    tmp, results = retried
+    faults = tmp / "faults-fail"
+    assert results["fail"]["settings"]["fault_injection"] == "fail-first-attempt"
+    for p in (0, 1):
+        # The fault fired on attempt 0 of both partitions, each was retried once, and the
+        # retry scored every pair exactly as the failed attempt had (same batches).
+        assert _markers(faults, f"fail-p{p}-a0-*.json"), sorted(os.listdir(faults))
+        assert _markers(faults, f"attempt-p{p}-a1-*.json")
+        assert not _markers(faults, f"attempt-p{p}-a2-*.json")
+        (first,) = _markers(faults, f"scores-p{p}-a0-*.json")
+        (second,) = _markers(faults, f"scores-p{p}-a1-*.json")
+        assert first["batches"] > 1 and first["scores"] and first["scores"] == second["scores"]
+    _assert_same_as_clean(tmp, results, "fail")
+
+
+def test_killed_python_worker_is_retried_and_output_is_identical(retried):
+    tmp, results = retried
+    faults = tmp / "faults-kill"
+    for p in (0, 1):
+        (kill,) = _markers(faults, f"kill-p{p}-a0-*.json")
+        with pytest.raises(ProcessLookupError):
+            os.kill(kill["pid"], 0)  # that worker is gone
+        (retry,) = _markers(faults, f"scores-p{p}-a1-*.json")
+        assert retry["pid"] != kill["pid"]
+        # What the killed worker had already handed over equals the retry's start.
+        assert kill["scores"] and retry["scores"][: len(kill["scores"])] == kill["scores"]
+    _assert_same_as_clean(tmp, results, "kill")
+
+
+# -- an executor lost on a standalone cluster ----------------------------------------------
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        pid = _parent(pid)
+        chain.append(pid)
+    return chain
+
+
+def test_executor_lost_during_scoring_is_survived(spark, tiny_models, data, tmp_path):
+    from dear_udf.config import build_job_config
+    from dear_udf.spark.job import run_job
+
+    from .cluster import spark_submit, standalone_cluster
+
+    paths = data["paths"]
+    local_out, cluster_out, faults = tmp_path / "local", tmp_path / "cluster", tmp_path / "faults"
+    # The same partitions and Arrow batches as the cluster run below: the same micro-batches.
+    local = _values(paths, tiny_models["index227"], local_out, scoring_partitions=4, arrow_batch_size=10000)
+    run_job(build_job_config(local), spark=spark)
+
+    args = ["--queries", paths["queries"], "--corpus", paths["corpus"], "--candidates", paths["candidates"],
+            "--model", str(tiny_models["index227"]), "--device", "cpu", "--top-k", "5", "--run-id", "night-1",
+            "--batch-size", "16", "--partitions", "4", "--output", str(cluster_out)]
+    conf = {
+        # The first task of scoring partition 0 waits there until its executor is killed.
+        f"spark.executorEnv.{ENV}": "sleep-once:120@0",
+        f"spark.executorEnv.{DIR_ENV}": str(faults),
+    }
+    result: list = []
+    with standalone_cluster(tmp_path / "cluster-scratch", workers=2) as (master, env, workers):
+        submit = threading.Thread(
+            target=lambda: result.append(spark_submit(master, env, args, scratch=tmp_path / "submit", conf=conf, timeout=420))
+        )
+        submit.start()
+        sleeping = _wait_for(faults, "sleep-p0-*.json", timeout=240, alive=submit.is_alive)
+        chain = _ancestors(sleeping["pid"])
+        executor = next(pid for pid in chain if "CoarseGrainedExecutorBackend" in _cmdline(pid))
+        assert {w.pid for w in workers} & set(chain), "the executor is not a standalone worker's child"
+        os.kill(executor, signal.SIGKILL)
+        submit.join(timeout=450)
+    assert result, "spark-submit did not finish"
+    done = result[0]
+    assert done.returncode == 0, done.stderr[-6000:]
+    assert "accounted=True" in done.stdout
+    assert "Lost executor" in done.stderr or "ExecutorLostFailure" in done.stderr
+    # Partition 0 was scored again after its first task died with the executor.
+    attempts = _markers(faults, "attempt-p0-*.json")
+    assert len(attempts) >= 2 and len({a["pid"] for a in attempts}) == len(attempts)
+    assert _rows(cluster_out) == _rows(local_out)
+
+
+# -- the driver killed between writing files and committing --------------------------------
+
+
+def test_driver_killed_before_commit_leaves_table_unchanged_and_rerun_completes(spark, tiny_models, data, tmp_path):
+    from deltalake import DeltaTable
+
+    from dear_udf.config import build_job_config
+    from dear_udf.spark.job import run_job
+
+    out, faults = tmp_path / "table", tmp_path / "faults"
+    model = tiny_models["index227"]
+    run_job(build_job_config(_values(data["paths"], model, out, top_k=5)), spark=spark)
+    before = _rows(out)
+    version = DeltaTable(str(out)).version()
+    assert len(before) == 60
+
+    # The same night again with top-3, in a driver of its own that is killed mid-write.
+    spec = _spec(tmp_path, "local[2]", [{"name": "killed", "config": _values(data["paths"], model, out, top_k=3)}])
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    log = open(tmp_path / "killed.log", "w")
+    command, options = _python(
+        [str(tmp_path / "spec.json")],
+        env={ENV: "pause-before-commit:600", DIR_ENV: str(faults)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the driver and its JVM die together
+    )
+    driver = subprocess.Popen(command, **options)
+    try:
+        paused = _wait_for(faults, "before-commit-*.json", timeout=300, alive=lambda: driver.poll() is None)
+        assert paused["pid"] == driver.pid
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        log.close()
+    assert driver.returncode == -signal.SIGKILL
+
+    # Its files were written, yet the table is exactly as before: same version, same rows.
+    orphans = paused["files"]
+    assert orphans and all((out / f).is_file() for f in orphans)
+    table = DeltaTable(str(out))
+    assert table.version() == version
+    live = {uri.split(str(out).rstrip("/") + "/", 1)[-1] for uri in table.file_uris()}
+    assert live and not set(orphans) & live
+    assert _rows(out) == before
+    assert json.loads((tmp_path / "table.summary.json").read_text())["settings"]["top_k"] == 5  # not the killed run's
+
+    # The rerun completes the night: its top-3 equals the top-3 of the earlier top-5.
+    top3 = [r for r in before if r[S.OUTPUT_COLUMNS.index(S.RANK)] <= 3]
+    run_job(build_job_config(_values(data["paths"], model, out, top_k=3)), spark=spark)
+    assert _rows(out) == top3 and len(top3) == 36
+    # Rerunning a night that succeeded changes nothing: no duplicates, same rows.
+    run_job(build_job_config(_values(data["paths"], model, out, top_k=3)), spark=spark)
+    assert _rows(out) == top3
+    assert DeltaTable(str(out)).version() == version + 2
+
+
+# -- CUDA out of memory, faked on CPU ------------------------------------------------------
+
+
+def test_oom_splits_reach_the_summary_and_scores_stay_equal(spark, tiny_models, data, tmp_path):
+    from dear_udf.config import build_job_config
+    from dear_udf.spark.job import run_job
+
+    model = tiny_models["index227"]
+    clean = run_job(build_job_config(_values(data["paths"], model, tmp_path / "clean", top_k=12)), spark=spark)
+    env = spark.sparkContext.environment
+    env[ENV], env[DIR_ENV] = "oom-over:4", str(tmp_path / "faults")
+    try:
+        summary = run_job(build_job_config(_values(data["paths"], model, tmp_path / "oom", top_k=12)), spark=spark)
+    finally:
+        env.pop(ENV, None)
+        env.pop(DIR_ENV, None)
+    assert clean.oom_splits == 0
+    injected = sum(m["ooms"] for m in _markers(tmp_path / "faults", "scores-*.json"))
+    # Each injected OOM on a batch of more than one pair is exactly one split.
+    assert summary.oom_splits == injected > 0
+    assert summary.settings["fault_injection"] == "oom-over:4"
+    assert summary.pairs_scored == clean.pairs_scored == 144
+    got = {(r[0], r[1]): r[3] for r in _rows(tmp_path / "oom")}
+    want = {(r[0], r[1]): r[3] for r in _rows(tmp_path / "clean")}
+    assert got.keys() == want.keys()
+    assert max(abs(got[k] - want[k]) for k in want) <= TOL
+
+
+if __name__ == "__main__":
+    _subprocess_job_script(sys.argv[1])
