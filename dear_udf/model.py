@@ -175,7 +175,7 @@ def fingerprint_files(directories: list[Path]) -> tuple[str, list[str]]:
     names: list[str] = []
     for directory in directories:
         for path in sorted(directory.iterdir()):
-            if not path.is_file() or path.suffix not in (".json", ".safetensors", ".bin", ".txt", ".model"):
+            if not path.is_file() or path.suffix not in (".json", ".safetensors", ".bin", ".txt", ".model", ".tiktoken"):
                 continue
             names.append(str(path))
             digest.update(path.name.encode())
