@@ -12,6 +12,9 @@ Same model, same pairs, same machine, one process. Prints a table and writes JSO
   weights, built directly in bf16 on the GPU (no download), plus model FLOP utilisation.
   Needs torch + transformers only: no pyspark.
 
+- ``--spark`` (quick mode): also the whole job on local Spark (``run_job``) on the same
+  pairs, Parquet in and out; skipped where pyspark is missing.
+
 Contestants (``dear_udf.baselines``):
 - ``scorer``: ``dear_udf.scorer.Scorer``, batch 128, real tokens only, sorted batches;
 - ``official``: DeAR's ``inference.py``: padded to 228, batch 64, fp16 autocast on GPU;
@@ -19,6 +22,7 @@ Contestants (``dear_udf.baselines``):
 
 Examples:
     python bench/run.py --mode quick
+    python bench/run.py --mode quick --threads 1 --spark
     python bench/run.py --mode full --device cuda --shapes 3b,8b
     python bench/run.py --mode full --device cpu --shapes smoke   # exercises the full path
 """
@@ -159,6 +163,7 @@ class BenchModel:
     load_seconds: float
     load_kind: str  # "load_model" (from disk) or "random-init" (built on the device)
     params_non_embedding: int
+    path: Path | None = None  # saved model directory (quick mode), for the Spark section
 
 
 def _non_embedding_params(model: Any) -> int:
@@ -181,6 +186,7 @@ def quick_model(workdir: Path, device: str) -> BenchModel:
         load_seconds=loaded.load_seconds,
         load_kind="load_model",
         params_non_embedding=_non_embedding_params(loaded.model),
+        path=path,
     )
 
 
@@ -251,10 +257,10 @@ def random_model(shape_name: str, workdir: Path, *, device: str, dtype: str) -> 
 Contestant = Callable[[Any, Pairs], "tuple[Any, int]"]
 
 
-def run_scorer(loaded: Any, pairs: Pairs, batch_size: int = 128) -> tuple[Any, int]:
+def run_scorer(loaded: Any, pairs: Pairs, batch_size: int = 128, max_tokens: int | None = None) -> tuple[Any, int]:
     from dear_udf.scorer import Scorer
 
-    scorer = Scorer(loaded, batch_size=batch_size)
+    scorer = Scorer(loaded, batch_size=batch_size, max_tokens=max_tokens)
     scores = scorer.score(pairs.queries, pairs.titles, pairs.texts)
     return scores, scorer.stats.computed_tokens
 
@@ -279,6 +285,7 @@ CONTESTANTS: dict[str, Contestant] = {
     # of the padding left at batch 128 is the batch planning's (see RESULTS.md).
     "scorer_b64": functools.partial(run_scorer, batch_size=64),
     "scorer_b32": functools.partial(run_scorer, batch_size=32),
+    "scorer_t4096": functools.partial(run_scorer, batch_size=128, max_tokens=4096),
 }
 
 
@@ -376,28 +383,127 @@ def fidelity(loaded: Any, pairs: Pairs, scores: dict[str, Any], reference_pairs:
         sub = pairs.subset(rows)
         ref = reference_scores(loaded, sub.queries, sub.titles, sub.texts)
         out["reference_pairs"] = len(rows)
+        # A max difference means little if the model's scores barely vary (random weights).
+        out["reference_score_std"] = float(np.std(ref))
         for name, values in scores.items():
             out[f"max_abs_{name}_vs_reference"] = float(np.max(np.abs(values[rows] - ref)))
     return out
 
 
-# -- Spark end to end (hook) -----------------------------------------------------------------
+# -- Spark end to end ----------------------------------------------------------------------
 
 
-def bench_spark(args: argparse.Namespace, pairs: Pairs, workdir: Path) -> dict[str, Any] | None:
-    """Spark end-to-end section: to be filled once ``dear_udf.spark.job.run_job`` exists.
+def write_job_inputs(pairs: Pairs, directory: Path) -> dict[str, str]:
+    """The pairs as the job's three Parquet inputs: queries, corpus, candidates."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    Intended shape: write ``pairs`` as queries/corpus/candidates Parquet under ``workdir``,
-    build a ``JobConfig`` for a local session with the quick model, time
-    ``run_job(config)``, and report pairs/s end to end next to the scorer's in-process
-    pairs/s (the cost of Spark: JVM, Arrow batches, worker model cache, writing).
-    Returns None (and the section is left out) while ``run_job`` is not there.
+    directory.mkdir(parents=True, exist_ok=True)
+    queries = dict(zip(pairs.query_ids, pairs.queries))
+    ranks = [int(d.rsplit("-d", 1)[1]) + 1 for d in pairs.doc_ids]  # q0007-d041 -> rank 42
+    tables = {
+        "queries": pa.table({"query_id": list(queries), "query": list(queries.values())}),
+        "corpus": pa.table({"doc_id": pairs.doc_ids, "title": pairs.titles, "text": pairs.texts}),
+        "candidates": pa.table(
+            {
+                "query_id": pairs.query_ids,
+                "doc_id": pairs.doc_ids,
+                "first_stage_rank": pa.array(ranks, pa.int32()),
+                "first_stage_score": [100.0 - r for r in ranks],
+            }
+        ),
+    }
+    paths = {}
+    for name, table in tables.items():
+        paths[name] = str(directory / f"{name}.parquet")
+        pq.write_table(table, paths[name])
+    return paths
+
+
+def bench_spark(
+    args: argparse.Namespace,
+    pairs: Pairs,
+    workdir: Path,
+    *,
+    model_path: Path | None,
+    core_scores: Any | None,
+) -> dict[str, Any] | None:
+    """The whole job on local Spark (read -> join -> score -> top-k -> write) on the same pairs.
+
+    Uses ``dear_udf.spark.job.run_job`` with the quick model saved on disk, Parquet in and
+    out, ``local[<cpus>]`` (each task scores with one torch thread per task CPU). Reports
+    the session start, the job's wall time and stage times, pairs/s end to end and in the
+    score stage, and the largest |score| difference of the written top-k against the
+    in-process scorer. Returns None when skipped: not asked (``--spark``), no pyspark
+    (the GPU machine), no ``run_job``, or no saved model (full mode's random weights).
     """
+    if not args.spark or model_path is None:
+        return None
     try:
-        from dear_udf.spark.job import run_job  # noqa: F401
+        import pyspark  # noqa: F401
+
+        from dear_udf.spark.job import run_job
     except ImportError:
         return None
-    return None
+    import numpy as np
+    import pyarrow.dataset as ds
+
+    from dear_udf.config import build_job_config
+    from dear_udf.spark.session import get_session
+
+    paths = write_job_inputs(pairs, workdir / "job-inputs")
+    output = workdir / "job-output"
+    master = args.spark_master
+    start = time.perf_counter()
+    spark = get_session(master=master, conf={"spark.sql.shuffle.partitions": str(os.cpu_count() or 2)})
+    session_seconds = time.perf_counter() - start
+    config = build_job_config(
+        {
+            "queries": {"path": paths["queries"], "format": "parquet"},
+            "corpus": {"path": paths["corpus"], "format": "parquet"},
+            "candidates": {"path": paths["candidates"], "format": "parquet"},
+            "output": str(output),
+            "format": "parquet",
+            "run_id": "bench",
+            "top_k": 10,
+            "depth": args.docs_per_query,
+            "batch_size": 128,
+            "model": {"model": str(model_path), "device": "cpu"},
+            "master": master,
+        },
+        where="bench",
+    )
+    try:
+        runs = []
+        for _ in range(args.spark_runs):
+            summary = run_job(config, spark=spark)
+            runs.append(summary.as_dict())
+    finally:
+        spark.stop()
+    last = runs[-1]
+    out: dict[str, Any] = {
+        "master": master,
+        "session_start_seconds": session_seconds,
+        "runs": [
+            {
+                "wall_seconds": r["wall_seconds"],
+                "stage_seconds": r["stage_seconds"],
+                "score_stage_pairs_per_s": r["pairs_per_second"],
+                "end_to_end_pairs_per_s": r["pairs_scored"] / r["wall_seconds"] if r["wall_seconds"] else None,
+                "model_loads": r["model_loads"],
+            }
+            for r in runs
+        ],
+        "pairs_scored": last["pairs_scored"],
+        "output_rows": last["output_rows"],
+        "computed_per_real_token": last["computed_tokens"] / last["real_tokens"] if last["real_tokens"] else None,
+    }
+    if core_scores is not None:
+        table = ds.dataset(str(output), format="parquet", partitioning="hive").to_table().to_pylist()
+        index = {(q, d): i for i, (q, d) in enumerate(zip(pairs.query_ids, pairs.doc_ids))}
+        diffs = [abs(float(r["score"]) - float(core_scores[index[(r["query_id"], r["doc_id"])]])) for r in table]
+        out["max_abs_topk_vs_scorer"] = float(np.max(diffs)) if diffs else None
+    return out
 
 
 # -- report --------------------------------------------------------------------------------
@@ -444,8 +550,21 @@ def print_table(report: dict[str, Any]) -> None:
                 f"computed/real): ratio {t['ratio']:.2f}, computed/real {t['computed_per_real']:.3f} -> "
                 f"{'MET' if t['met'] else 'NOT MET'}"
             )
-    if report.get("spark") is None:
-        print("\nspark: not run (dear_udf.spark.job.run_job not available)")
+    spark = report.get("spark")
+    if spark is None:
+        print("\nspark end to end: not run (needs --spark, quick mode, pyspark and dear_udf.spark.job.run_job)")
+        return
+    print(f"\nspark end to end ({spark['master']}, session start {spark['session_start_seconds']:.1f} s):")
+    for i, run in enumerate(spark["runs"], start=1):
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in run["stage_seconds"].items())
+        print(
+            f"  run {i}: wall {run['wall_seconds']:.1f} s ({stages}); {run['end_to_end_pairs_per_s']:.1f} pairs/s "
+            f"end to end, {run['score_stage_pairs_per_s']:.1f} in the score stage; model loads {run['model_loads']}"
+        )
+    print(
+        f"  pairs {spark['pairs_scored']}, output rows {spark['output_rows']}, computed/real "
+        f"{_fmt(spark['computed_per_real_token'], '.3f')}, max |top-k score - scorer| {_fmt(spark.get('max_abs_topk_vs_scorer'), '.3g')}"
+    )
 
 
 def write_json(report: dict[str, Any], name: str) -> Path:
@@ -473,6 +592,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--contestants", default="scorer,official,fast_rerank")
     parser.add_argument("--reference-pairs", type=int, default=None, help="pairs checked against the batch-1 reference (default 100)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default 989 on CUDA = H100/H200 bf16 dense)")
+    parser.add_argument("--spark", action="store_true", help="also run the whole job on local Spark (quick mode; needs pyspark)")
+    parser.add_argument("--spark-master", default=f"local[{os.cpu_count() or 2}]", help="Spark master for --spark (default: %(default)s)")
+    parser.add_argument("--spark-runs", type=int, default=2, help="job runs for --spark; the first pays Python worker and model start-up")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write bench/results/<name>.json")
     args = parser.parse_args(argv)
     args.device = args.device or ("cpu" if args.mode == "quick" else "cuda")
@@ -524,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
                 for s in args.shapes.split(",")
             ]
         pairs: Pairs | None = None
+        spark_model: Path | None = None
+        spark_core_scores: Any | None = None
         for build in builders:
             bench_model = build()
             loaded = bench_model.loaded
@@ -584,12 +708,14 @@ def main(argv: list[str] | None = None) -> int:
                     "met": ratio >= CPU_TARGET_RATIO and per_real <= CPU_TARGET_COMPUTED_PER_REAL,
                 }
             report["models"].append(entry)
+            if bench_model.path is not None and spark_model is None:
+                spark_model, spark_core_scores = bench_model.path, scores.get("scorer")
             del bench_model, loaded, scores
             gc.collect()  # drop the model before the next shape is built on the same GPU
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
         assert pairs is not None
-        report["spark"] = bench_spark(args, pairs, workdir)
+        report["spark"] = bench_spark(args, pairs, workdir, model_path=spark_model, core_scores=spark_core_scores)
     report["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     print_table(report)
     if not args.no_write:
