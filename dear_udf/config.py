@@ -74,7 +74,7 @@ class JobConfig:
     qrels: InputSpec | None = None
     trec_out: str | None = None
     batch_size: int = 128
-    max_tokens: int | None = None
+    max_tokens: int | None = None  # None: the scorer's device default (see Scorer)
     layout: Layout = field(default_factory=Layout)
     master: str | None = None  # None: use the session spark-submit/Databricks gives
     arrow_batch_size: int = 10000  # spark.sql.execution.arrow.maxRecordsPerBatch

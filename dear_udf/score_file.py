@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=128, help="pairs per micro-batch")
-    parser.add_argument("--max-tokens", type=int, default=None, help="optional token budget per micro-batch")
+    parser.add_argument("--max-tokens", type=int, default=None, help="token budget per micro-batch (default: 4096 on CPU, none on GPU)")
     parser.add_argument("--revision", help="revision pin for hub ids")
     parser.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights")
 
@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
     )
     loaded = load_model(spec)
-    scorer = Scorer(loaded, batch_size=args.batch_size, max_tokens=args.max_tokens)
+    scorer = Scorer(loaded, batch_size=args.batch_size, max_tokens="auto" if args.max_tokens is None else args.max_tokens)
     titles = table.column(S.TITLE).to_pylist() if S.TITLE in table.column_names else None
     scores = scorer.score(
         table.column(S.QUERY).to_pylist(), titles, table.column(S.TEXT).to_pylist()

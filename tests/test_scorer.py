@@ -256,9 +256,29 @@ def test_max_tokens_caps_each_micro_batch(index227):
     assert float(np.max(np.abs(got - ref))) <= TOL
     assert sum(rows for rows, _ in shapes) == len(queries)
     assert all(rows * width <= 600 or rows == 1 for rows, width in shapes)
-    unlimited = Scorer(loaded, batch_size=128)
+    unlimited = Scorer(loaded, batch_size=128, max_tokens=None)
     unlimited.score(queries, titles, texts)
     assert unlimited.stats.batches == 1 < scorer.stats.batches == len(shapes)
+
+
+def test_cpu_default_token_budget(index227):
+    from dear_udf.scorer import CPU_TOKEN_BUDGET
+
+    loaded, ref = index227
+    _, queries, titles, texts = BATTERY
+    scorer = Scorer(loaded, batch_size=128)
+    assert scorer.max_tokens == CPU_TOKEN_BUDGET
+    shapes: list[tuple[int, int]] = []
+    inner = scorer.forward
+
+    def recording(input_ids, *rest):
+        shapes.append(tuple(input_ids.shape))
+        return inner(input_ids, *rest)
+
+    scorer.forward = recording
+    got = scorer.score(queries * 40, titles * 40, texts * 40)
+    assert float(np.max(np.abs(got - np.tile(ref, 40)))) <= TOL
+    assert len(shapes) > 1 and all(rows * width <= CPU_TOKEN_BUDGET for rows, width in shapes)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "8", None])
@@ -270,7 +290,7 @@ def test_batch_size_validation_message(index227, bad):
 
 def test_max_tokens_validation_message(index227):
     loaded, _ = index227
-    with pytest.raises(ConfigError, match=r"max_tokens must be a positive integer or None, got 0\."):
+    with pytest.raises(ConfigError, match=r"max_tokens must be a positive integer, None or 'auto', got 0\."):
         Scorer(loaded, max_tokens=0)
 
 

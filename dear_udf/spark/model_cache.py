@@ -47,7 +47,7 @@ def task_device(requested: str | None) -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-def get_scorer(key: tuple, spec: Any, device: str, *, layout: Any, batch_size: int, max_tokens: int | None):
+def get_scorer(key: tuple, spec: Any, device: str, *, layout: Any, batch_size: int, max_tokens: int | None | str):
     """Return this worker's scorer for ``key``, loading the model on first use.
 
     Returns:

@@ -85,7 +85,7 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
             device,
             layout=settings.layout,
             batch_size=settings.batch_size,
-            max_tokens=settings.max_tokens,
+            max_tokens="auto" if settings.max_tokens is None else settings.max_tokens,
         )
         fingerprint = scorer.loaded.fingerprint
         if settings.expected_fingerprint and fingerprint != settings.expected_fingerprint:
