@@ -83,3 +83,18 @@ def test_integer_ids_are_cast_to_strings(spark, tmp_path):
     pq.write_table(pa.table({"qid": [1, 2], "pid": [10, 20], "rank": [1, 1]}), tmp_path / "c.parquet")
     rows = read_input(spark, InputSpec(str(tmp_path / "c.parquet")), "candidates").collect()
     assert sorted((r["query_id"], r["doc_id"]) for r in rows) == [("1", "10"), ("2", "20")]
+
+
+def test_catalog_table_is_read_by_name(spark, tmp_path):
+    from dear_udf.spark.read import read_input
+
+    spark.createDataFrame([("1", "what is a llama"), ("2", "coffee")], "qid string, query string").write.mode(
+        "overwrite"
+    ).saveAsTable("default.dear_test_queries")
+    try:
+        rows = read_input(spark, InputSpec("default.dear_test_queries"), "queries").collect()
+        assert sorted((r["query_id"], r["query"]) for r in rows) == [("1", "what is a llama"), ("2", "coffee")]
+        with pytest.raises(InputError, match="default.no_such_table"):
+            read_input(spark, InputSpec("default.no_such_table"), "queries")
+    finally:
+        spark.sql("DROP TABLE IF EXISTS default.dear_test_queries")
