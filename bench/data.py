@@ -102,6 +102,7 @@ def generate(
     docs_per_query: int,
     seed: int = 0,
     tokenizer: Any | None = None,
+    first_query: int = 0,
 ) -> Pairs:
     """Generate ``n_queries * docs_per_query`` candidate pairs, deterministic in ``seed``.
 
@@ -111,16 +112,18 @@ def generate(
         seed: random seed; the same seed (and tokenizer) gives the same pairs.
         tokenizer: the benchmark model's tokenizer; texts are filled to token targets
             under it. None fills by word count instead.
+        first_query: number of the first query id, so that chunks generated one after
+            the other (each with its own seed) have distinct ids; texts do not depend on it.
 
     Returns:
-        Pairs grouped by query, queries in order ``q0000, q0001, ...``.
+        Pairs grouped by query, queries in order ``q0000, q0001, ...`` (from ``first_query``).
     """
     if n_queries < 1 or docs_per_query < 1:
         raise ValueError(f"n_queries and docs_per_query must be positive, got {n_queries} and {docs_per_query}.")
     rng = random.Random(seed)
     filler = _Filler(rng, tokenizer)
     pairs = Pairs()
-    for q in range(n_queries):
+    for q in range(first_query, first_query + n_queries):
         query = filler.text(round(rng.randint(*QUERY_WORDS) * TOKENS_PER_WORD))
         for d in range(docs_per_query):
             pairs.query_ids.append(f"q{q:04d}")
@@ -130,6 +133,28 @@ def generate(
             pairs.texts.append(filler.text(round(passage_words(rng) * TOKENS_PER_WORD)))
     return pairs
 
+
+def job_tables(pairs: Pairs) -> dict[str, Any]:
+    """The pairs as the job's three input tables (pyarrow): queries, corpus, candidates.
+
+    First-stage rank is the candidate's position in its query (``q0007-d041`` -> 42).
+    """
+    import pyarrow as pa
+
+    queries = dict(zip(pairs.query_ids, pairs.queries))
+    ranks = [int(d.rsplit("-d", 1)[1]) + 1 for d in pairs.doc_ids]
+    return {
+        "queries": pa.table({"query_id": list(queries), "query": list(queries.values())}),
+        "corpus": pa.table({"doc_id": pairs.doc_ids, "title": pairs.titles, "text": pairs.texts}),
+        "candidates": pa.table(
+            {
+                "query_id": pairs.query_ids,
+                "doc_id": pairs.doc_ids,
+                "first_stage_rank": pa.array(ranks, pa.int32()),
+                "first_stage_score": [100.0 - r for r in ranks],
+            }
+        ),
+    }
 
 def length_summary(ids: list[list[int]]) -> dict[str, float]:
     """Mean, percentiles and maximum of the DeAR id-sequence lengths, for the report."""

@@ -14,6 +14,9 @@ Same model, same pairs, same machine, one process. Prints a table and writes JSO
 
 - ``--spark`` (quick mode): also the whole job on local Spark (``run_job``) on the same
   pairs, Parquet in and out; skipped where pyspark is missing.
+- ``--mode scaling`` (CPU, needs pyspark): the whole job at several sizes (``--sizes``) to
+  show time linear in pairs and bounded Python worker memory, then the in-process scorer
+  on the largest size's pairs on the same cores (``bench/scaling.py``).
 
 Contestants (``dear_udf.baselines``):
 - ``scorer``: ``dear_udf.scorer.Scorer``, batch 128, real tokens only, sorted batches;
@@ -25,6 +28,7 @@ Examples:
     python bench/run.py --mode quick --threads 1 --spark
     python bench/run.py --mode full --device cuda --shapes 3b,8b
     python bench/run.py --mode full --device cpu --shapes smoke   # exercises the full path
+    python bench/run.py --mode scaling --sizes 20000,80000,320000
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/run.py` puts bench/, not the root, on the path
     sys.path.insert(0, str(ROOT))
 
-from bench.data import Pairs, generate, length_summary  # noqa: E402
+from bench.data import Pairs, generate, job_tables, length_summary  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench" / "results"
 H100_BF16_DENSE_FLOPS = 989e12
@@ -401,26 +405,11 @@ def fidelity(loaded: Any, pairs: Pairs, scores: dict[str, Any], reference_pairs:
 
 def write_job_inputs(pairs: Pairs, directory: Path) -> dict[str, str]:
     """The pairs as the job's three Parquet inputs: queries, corpus, candidates."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     directory.mkdir(parents=True, exist_ok=True)
-    queries = dict(zip(pairs.query_ids, pairs.queries))
-    ranks = [int(d.rsplit("-d", 1)[1]) + 1 for d in pairs.doc_ids]  # q0007-d041 -> rank 42
-    tables = {
-        "queries": pa.table({"query_id": list(queries), "query": list(queries.values())}),
-        "corpus": pa.table({"doc_id": pairs.doc_ids, "title": pairs.titles, "text": pairs.texts}),
-        "candidates": pa.table(
-            {
-                "query_id": pairs.query_ids,
-                "doc_id": pairs.doc_ids,
-                "first_stage_rank": pa.array(ranks, pa.int32()),
-                "first_stage_score": [100.0 - r for r in ranks],
-            }
-        ),
-    }
     paths = {}
-    for name, table in tables.items():
+    for name, table in job_tables(pairs).items():
         paths[name] = str(directory / f"{name}.parquet")
         pq.write_table(table, paths[name])
     return paths
@@ -585,7 +574,7 @@ def write_json(report: dict[str, Any], name: str) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["quick", "full"], default="quick")
+    parser.add_argument("--mode", choices=["quick", "full", "scaling"], default="quick")
     parser.add_argument("--name", help="results file name (default: <mode>-<device>)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu for quick, cuda for full)")
     parser.add_argument("--dtype", default=None, help="full mode weights dtype (default bfloat16)")
@@ -602,7 +591,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spark-master", default=f"local[{os.cpu_count() or 2}]", help="Spark master for --spark (default: %(default)s)")
     parser.add_argument("--spark-runs", type=int, default=2, help="job runs for --spark; the first pays Python worker and model start-up")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write bench/results/<name>.json")
+    scaling = parser.add_argument_group("scaling mode (bench/scaling.py)")
+    scaling.add_argument("--sizes", default="20000,80000,320000", help="pairs per job run, ascending (default: %(default)s)")
+    scaling.add_argument("--scaling-model", choices=["tiny", "quick"], default="tiny", help="build_tiny_dear shape (default: %(default)s)")
+    scaling.add_argument("--output-format", choices=["delta", "parquet"], default="delta", help="job output (default: %(default)s)")
+    scaling.add_argument("--arrow-batch-size", type=int, default=10000, help="rows per Arrow batch, and per core chunk (default: %(default)s)")
+    scaling.add_argument("--partitions", type=int, default=None, help="scoring partitions (default: Spark's default parallelism)")
+    scaling.add_argument("--batch-size", type=int, default=128, help="pairs per micro-batch, job and core (default: %(default)s)")
+    scaling.add_argument("--startup-pairs", type=int, default=1000, help="pairs of the first run, which pays worker start and model loads")
+    scaling.add_argument("--core-threads", default=None, help="torch threads of the in-process core runs (default: <cores>,1); '' skips them")
+    scaling.add_argument("--sample-interval", type=float, default=0.2, help="seconds between RSS samples (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.mode == "scaling":
+        args.device = args.device or "cpu"
+        if args.device != "cpu":
+            parser.error("--mode scaling measures the CPU job; --device must be cpu.")
+        if args.core_threads is None:
+            from bench.scaling import _cores
+
+            args.core_threads = f"{_cores(args.spark_master)},1"
+        args.name = args.name or "scaling-cpu"
+        return args
     args.device = args.device or ("cpu" if args.mode == "quick" else "cuda")
     args.dtype = args.dtype or ("float32" if args.mode == "quick" else "bfloat16")
     # 20 x 100 = 2000 pairs: one scorer call of that size leaves ~6% padding at batch 128
@@ -621,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    command = "python bench/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if args.mode == "scaling":
+        return main_scaling(args, command)
     import torch
 
     from dear_udf.layout import Layout, PairEncoder
@@ -629,7 +641,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     contestants = args.contestants.split(",")
     peak_flops = args.peak_tflops * 1e12 if args.peak_tflops else (H100_BF16_DENSE_FLOPS if args.device.startswith("cuda") else None)
-    command = "python bench/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
     report: dict[str, Any] = {
         "name": args.name,
@@ -724,6 +735,26 @@ def main(argv: list[str] | None = None) -> int:
         report["spark"] = bench_spark(args, pairs, workdir, model_path=spark_model, core_scores=spark_core_scores)
     report["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     print_table(report)
+    if not args.no_write:
+        print(f"\nwrote {write_json(report, args.name)}")
+    return 0
+
+
+def main_scaling(args: argparse.Namespace, command: str) -> int:
+    """``--mode scaling``: see bench/scaling.py."""
+    from bench.scaling import print_scaling, run_scaling
+
+    report: dict[str, Any] = {
+        "name": args.name,
+        "mode": args.mode,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "device": "cpu",
+        "machine": machine_info("cpu"),
+    }
+    report["scaling"] = run_scaling(args)
+    report["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    print_scaling(report)
     if not args.no_write:
         print(f"\nwrote {write_json(report, args.name)}")
     return 0
