@@ -41,3 +41,27 @@ def write_inputs(directory: Path, *, queries: int = 12, docs: int = 150, per_que
         paths[name] = str(directory / f"{name}.parquet")
         pq.write_table(table, paths[name])
     return {"paths": paths, "queries": q, "corpus": d, "candidates": c}
+
+
+def job_values(paths: dict, model_dir, output, **extra) -> dict:
+    """Plain job settings over ``paths`` with the tiny model on CPU; ``extra`` overrides."""
+    values = {
+        "queries": paths["queries"],
+        "corpus": paths["corpus"],
+        "candidates": paths["candidates"],
+        "output": str(output),
+        "model": {"model": str(model_dir), "device": "cpu"},
+        "run_id": "night-1",
+        "top_k": 5,
+        "depth": 100,
+        "batch_size": 16,
+    }
+    values.update(extra)
+    return values
+
+
+def job_config(paths: dict, model_dir, output, **extra):
+    """``job_values`` built into a ``JobConfig``."""
+    from dear_udf.config import build_job_config
+
+    return build_job_config(job_values(paths, model_dir, output, **extra))

@@ -29,11 +29,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from dear_udf import schema as S
-from dear_udf.config import build_job_config
 from dear_udf.exceptions import InputError, ModelLoadError
 from dear_udf.testing import BOS, EOS, vocabulary
 
-from .jobdata import write_inputs
+from .jobdata import job_config, write_inputs
 
 pytestmark = [pytest.mark.spark]
 
@@ -43,19 +42,7 @@ assert len(MEGABYTE) > 1_000_000
 
 
 def _config(paths, model_dir, output, **extra):
-    values = {
-        "queries": paths["queries"],
-        "corpus": paths["corpus"],
-        "candidates": paths["candidates"],
-        "output": str(output),
-        "model": {"model": str(model_dir), "device": "cpu"},
-        "run_id": "bad-1",
-        "top_k": 20,
-        "depth": 10,
-        "batch_size": 16,
-    }
-    values.update(extra)
-    return build_job_config(values)
+    return job_config(paths, model_dir, output, **{"run_id": "bad-1", "top_k": 20, "depth": 10, **extra})
 
 
 # -- one input set holding every kind of bad row ----------------------------------------

@@ -32,6 +32,8 @@ import pytest
 from dear_udf import schema as S
 from dear_udf.spark.faults import DIR_ENV, ENV
 
+from .jobdata import job_values
+
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,20 +41,8 @@ TOL = 1e-4
 
 
 def _values(paths, model_dir, output, **extra):
-    values = {
-        "queries": paths["queries"],
-        "corpus": paths["corpus"],
-        "candidates": paths["candidates"],
-        "output": str(output),
-        "model": {"model": str(model_dir), "device": "cpu"},
-        "run_id": "night-1",
-        "top_k": 5,
-        "batch_size": 16,
-        # Several Arrow batches per scoring partition, so a kill lands mid-partition.
-        "arrow_batch_size": 16,
-    }
-    values.update(extra)
-    return values
+    # Several Arrow batches per scoring partition, so a kill lands mid-partition.
+    return job_values(paths, model_dir, output, **{"arrow_batch_size": 16, **extra})
 
 
 def _rows(path):

@@ -10,28 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from dear_udf import schema as S
-from dear_udf.config import build_job_config
 from dear_udf.exceptions import InputError
 
-from .jobdata import write_inputs
+from .jobdata import job_config, write_inputs
 
 pytestmark = [pytest.mark.spark]
 
 
 def _config(paths, model_dir, output, **extra):
-    values = {
-        "queries": paths["queries"],
-        "corpus": paths["corpus"],
-        "candidates": paths["candidates"],
-        "output": str(output),
-        "model": {"model": str(model_dir), "device": "cpu"},
-        "run_id": "night-1",
-        "top_k": 5,
-        "depth": 100,
-        "batch_size": 16,
-    }
-    values.update(extra)
-    return build_job_config(values)
+    return job_config(paths, model_dir, output, **extra)
 
 
 def core_topk(data, model_dir, k):
