@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'pairs':>6} " + " ".join(f"{n:>14}" for n in names))
     for n_queries in (int(q) for q in args.queries.split(",")):
         pairs = generate(n_queries=n_queries, docs_per_query=100, seed=args.seed, tokenizer=tokenizer)
-        ids, pool = encoder.encode(pairs.queries, pairs.titles, pairs.texts)
+        ids, pool, _ = encoder.encode(pairs.queries, pairs.titles, pairs.texts)
         cells = []
         for batch_size, max_tokens in SETTINGS:
             ratio, batches = computed_per_real(ids, pool, batch_size=batch_size, max_tokens=max_tokens)

@@ -381,7 +381,7 @@ def fidelity(loaded: Any, pairs: Pairs, scores: dict[str, Any], reference_pairs:
     """
     import numpy as np
 
-    from dear_udf.baselines import reference_scores
+    from dear_udf.reference import DearReference
 
     out: dict[str, Any] = {}
     if "scorer" in scores and "official" in scores:
@@ -391,7 +391,8 @@ def fidelity(loaded: Any, pairs: Pairs, scores: dict[str, Any], reference_pairs:
         step = max(1, len(pairs) // reference_pairs)
         rows = list(range(0, len(pairs), step))[:reference_pairs]
         sub = pairs.subset(rows)
-        ref = reference_scores(loaded, sub.queries, sub.titles, sub.texts)
+        reference = DearReference(loaded.model, loaded.tokenizer, special_tokens="split")
+        ref = reference.score(sub.queries, sub.titles, sub.texts)
         out["reference_pairs"] = len(rows)
         # A max difference means little if the model's scores barely vary (random weights).
         out["reference_score_std"] = float(np.std(ref))
@@ -675,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
                     n_queries=args.queries, docs_per_query=args.docs_per_query, seed=args.seed, tokenizer=loaded.tokenizer
                 )
                 encoder = PairEncoder(loaded.tokenizer, Layout(), pool_pad_id=loaded.pool_pad_id, pad_id=loaded.pad_id)
-                ids, _ = encoder.encode(pairs.queries, pairs.titles, pairs.texts)
+                ids = encoder.encode(pairs.queries, pairs.titles, pairs.texts).ids
                 real_tokens = sum(len(x) for x in ids)
                 report["data"] = {
                     "generator": "bench/data.py (MS MARCO-like token lengths)",

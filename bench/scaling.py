@@ -465,7 +465,7 @@ def core_runs(
         parts = []
         with sampler.window() as w:
             start, cpu_start = time.perf_counter(), time.process_time()
-            for scores in scorer.score_stream(iter(chunks)):
+            for _, scores in scorer.score_stream(iter(chunks)):
                 parts.append(scores)
             seconds = time.perf_counter() - start
             cpu_seconds = time.process_time() - cpu_start

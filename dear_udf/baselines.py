@@ -1,9 +1,9 @@
-"""Plainly written scoring loops the scorer is checked and benchmarked against.
+"""Plainly written scoring loops the scorer is benchmarked against.
 
-- ``reference_scores``: each pair padded alone to 228 with the tokenizer's pad token and
-  passed through ``AutoModelForSequenceClassification`` as is: the definition of a DeAR
-  score. The parity tests compare the scorer with it.
-- ``official_loop``: DeAR's ``inference.py``: padded to 228, batch 64, fp16 autocast on GPU.
+The definition of a DeAR score, which the parity tests compare with, is ``reference.py``.
+
+- ``official_loop``: DeAR's ``inference.py``: padded to 228, batch 64, fp16 autocast on GPU,
+  pooled by the layout's rule (``first-pad`` by default, as in DeAR's transformers 4.45).
 - ``fast_rerank_loop``: the model cards' ``fast_rerank``: the tokenizer's pair template,
   ``padding=True``, unsorted batches of 128 (its scores depend on batch neighbours).
 
@@ -36,25 +36,24 @@ def _padded_loop(loaded: Any, queries, titles, texts, *, layout: Layout, batch_s
     import torch
 
     encoder = PairEncoder(loaded.tokenizer, layout, pool_pad_id=loaded.pool_pad_id, pad_id=loaded.pad_id)
-    ids, _ = encoder.encode(queries, titles, texts)
+    pairs = encoder.encode(queries, titles, texts)
+    model = loaded.model
+    backbone = getattr(model, model.base_model_prefix)
     device = torch.device(loaded.device)
-    out = np.empty(len(ids), dtype=np.float32)
+    out = np.empty(len(pairs.ids), dtype=np.float32)
     computed = 0
     with torch.inference_mode():
-        for start in range(0, len(ids), batch_size):
-            chunk = ids[start : start + batch_size]
+        for start in range(0, len(pairs.ids), batch_size):
+            chunk = pairs.ids[start : start + batch_size]
+            pool = torch.tensor(pairs.pool[start : start + batch_size], device=device)
             input_ids, attention = _padded(encoder, chunk, layout.padded_length)
             with torch.autocast(device.type, dtype=torch.float16, enabled=autocast):
-                logits = loaded.model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+                hidden = backbone(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
+                # Read where the layout's rule pools, not where the installed transformers would.
+                logits = model.score(hidden[torch.arange(len(chunk), device=device), pool])
             out[start : start + len(chunk)] = logits.float()[:, 0].cpu().numpy()
             computed += input_ids.numel()
     return out, computed
-
-
-def reference_scores(loaded: Any, queries, titles, texts, *, layout: Layout | None = None) -> np.ndarray:
-    """The DeAR score of each pair: padded alone to 228, the Hugging Face model as is."""
-    scores, _ = _padded_loop(loaded, queries, titles, texts, layout=layout or Layout(), batch_size=1, autocast=False)
-    return scores
 
 
 def official_loop(loaded: Any, queries, titles, texts, *, layout: Layout | None = None, batch_size: int = 64):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .exceptions import ConfigError
-from .layout import Layout
+from .layout import POOLING_RULES, SPECIAL_TOKEN_MODES, Layout
 from .model import ModelSpec
 
 InputFormat = Literal["parquet", "delta", "table", "jsonl", "tsv", "trec", "qrels", "beir"]
@@ -157,6 +157,28 @@ def build_job_config(values: Mapping[str, Any], *, where: str = "config") -> Job
     if values.get("run_id") is None:
         values.pop("run_id", None)
     return JobConfig(**values)
+
+
+def add_layout_arguments(parser: Any) -> None:
+    """``--pooling`` and ``--special-tokens``, shared by ``score`` and ``run``."""
+    parser.add_argument(
+        "--pooling",
+        choices=POOLING_RULES,
+        help="pooled position: first-pad = transformers <= 4.47, as DeAR was trained and "
+        "evaluated (default); last-non-pad = transformers >= 4.48",
+    )
+    parser.add_argument(
+        "--special-tokens",
+        dest="special_tokens",
+        choices=SPECIAL_TOKEN_MODES,
+        help="special-token strings in texts: split = plain text (default, safe); "
+        "parse = special ids, exactly as DeAR's own code",
+    )
+
+
+def layout_values(args: Any) -> dict[str, str]:
+    """The layout settings given as flags (None: not given, the file or default decides)."""
+    return {name: getattr(args, name) for name in ("pooling", "special_tokens") if getattr(args, name, None) is not None}
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

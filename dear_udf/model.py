@@ -83,7 +83,7 @@ class LoadedModel:
     model: Any  # transformers PreTrainedModel, eval mode, on its device
     tokenizer: Any
     pad_id: int  # id the reference pads with (tokenizer pad, EOS fallback)
-    pool_pad_id: int | None  # model.config.pad_token_id, which decides the pooled index
+    pool_pad_id: int  # model.config.pad_token_id (0 when unset, as DeAR sets it): decides the pooled index
     device: str
     dtype: str
     spec: ModelSpec
@@ -296,6 +296,13 @@ def inspect_model(spec: ModelSpec, layout: Any = None) -> ModelInfo:
     )
 
 
+def pool_pad_id(config: Any) -> int:
+    """The id the classifier compares the padded ids with: ``config.pad_token_id``, or 0
+    when the config has none, as DeAR's ``modeling.py`` sets it before training and
+    inference (its LoRA adapters sit on Llama bases without a pad token)."""
+    return 0 if config.pad_token_id is None else int(config.pad_token_id)
+
+
 def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
     """Load the tokenizer and model of ``spec`` for scoring.
 
@@ -366,7 +373,7 @@ def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
         model=model,
         tokenizer=tokenizer,
         pad_id=int(tokenizer.pad_token_id),
-        pool_pad_id=model.config.pad_token_id,
+        pool_pad_id=pool_pad_id(model.config),
         device=device,
         dtype=spec.dtype,
         spec=spec,

@@ -19,6 +19,9 @@ FIRST_STAGE_SCORE = "first_stage_score"
 RUN_ID = "run_id"
 MODEL = "model"
 RELEVANCE = "relevance"
+# Per scored pair: pooled before its last real token / on its query alone (layout.Encoded).
+POOLED_EARLY = "pooled_early"
+POOLED_IN_QUERY = "pooled_in_query"
 
 # Inputs, after renaming to the canonical names.
 QUERIES_COLUMNS = (QUERY_ID, QUERY)

@@ -3,7 +3,8 @@
 For people debugging a model and for checks outside the test suite:
 
     dear-rerank score --model PATH [--adapter PATH] --pairs IN.parquet --out OUT.parquet \\
-        [--dtype float32|bfloat16|float16] [--device cpu|cuda|cuda:N] [--batch-size N]
+        [--dtype float32|bfloat16|float16] [--device cpu|cuda|cuda:N] [--batch-size N] \\
+        [--pooling first-pad|last-non-pad] [--special-tokens split|parse]
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from pathlib import Path
 
 from . import schema as S
+from .config import add_layout_arguments, layout_values
 from .exceptions import InputError
 
 
@@ -27,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="token budget per micro-batch (default: 4096 on CPU, none on GPU)")
     parser.add_argument("--revision", help="revision pin for hub ids")
     parser.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights")
+    add_layout_arguments(parser)
 
 
 def read_pairs(path: str):
@@ -46,6 +49,7 @@ def main(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from .layout import Layout
     from .model import ModelSpec, load_model
     from .scorer import Scorer
 
@@ -59,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
     )
     loaded = load_model(spec)
-    scorer = Scorer(loaded, batch_size=args.batch_size, max_tokens="auto" if args.max_tokens is None else args.max_tokens)
+    scorer = Scorer(loaded, layout=Layout(**layout_values(args)), batch_size=args.batch_size, max_tokens="auto" if args.max_tokens is None else args.max_tokens)
     titles = table.column(S.TITLE).to_pylist() if S.TITLE in table.column_names else None
     scores = scorer.score(
         table.column(S.QUERY).to_pylist(), titles, table.column(S.TEXT).to_pylist()

@@ -1,13 +1,15 @@
 """The scoring loop: sorted micro-batches of real tokens, fp32 score head, input order back.
 
-How index-227 pooling is reproduced without computing 228 positions: a pad position
-attends only to the real tokens (pad keys are masked) and sits at RoPE position 227, and
-no later position can affect it (causal attention). So each pair whose pooled position is
-a pad gets one extra token after its real ids: the pad id, attention mask 0 (nobody
-attends to it), position id 227. Its output hidden state equals the reference's at index
-227. Pairs whose pooled position is a real token (``config.pad_token_id`` equal to the pad
-id) are pooled there directly. This needs an attention path that honours an explicit mask
-(SDPA or eager), which ``model.load_model`` enforces.
+How pooling at a pad position is reproduced without computing the padding: a pad
+position attends only to the real tokens (pad keys are masked) and sits at its own RoPE
+position, and no later position can affect it (causal attention). So each pair pooled at
+a pad position gets one extra token after its real ids: the pad id, attention mask 0
+(nobody attends to it), position id = the pooled index (227 for DeAR). Its output hidden
+state equals the reference's at that index. A pair pooled at a real position (a ``"!"``
+under ``first-pad``, or the last token when ``config.pad_token_id`` is the pad id) is
+computed only up to that position: nothing after it can change its score. This needs an
+attention path that honours an explicit mask (SDPA or eager), which ``model.load_model``
+enforces.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .exceptions import ConfigError
-from .layout import Layout, PairEncoder
+from .layout import Encoded, Layout, PairEncoder
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,25 @@ class ScorerStats:
     computed_tokens: int = 0  # positions the model actually ran (padding + pooling token)
     batches: int = 0
     oom_splits: int = 0  # times a micro-batch was halved after a CUDA out-of-memory error
+    pooled_early: int = 0  # pairs pooled before their last real token
+    pooled_in_query: int = 0  # pairs scored on their query alone (see layout.Encoded)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out["computed_per_real_token"] = self.computed_tokens / self.real_tokens if self.real_tokens else None
         return out
+
+
+def computed_length(ids: Sequence[int], pool: int) -> int:
+    """Positions computed for a pair: up to a real pooled position, or all ids plus the
+    pooling token when the pooled position is a pad."""
+    return pool + 1 if pool < len(ids) else len(ids) + 1
+
+
+def _computed_key(ids: Sequence[int], pool: int) -> tuple:
+    # What the forward pass of a pair sees: its ids up to the pooled index, and that index.
+    return (pool, tuple(ids[: pool + 1]))
 
 
 def plan_batches(
@@ -58,7 +73,7 @@ def plan_batches(
     The order depends only on the content of the rows (length, then the ids themselves),
     never on their input order, so a retried partition forms the same batches.
     """
-    lengths = [len(x) + (1 if p >= len(x) else 0) for x, p in zip(ids, pool)]
+    lengths = [computed_length(x, p) for x, p in zip(ids, pool)]
     order = sorted(range(len(ids)), key=lambda i: (lengths[i], ids[i]))
     batches: list[list[int]] = []
     current: list[int] = []
@@ -143,11 +158,12 @@ class Scorer:
         texts: Sequence[Any],
     ) -> np.ndarray:
         """Scores of the rows, float32, in input order. Nulls read as empty strings."""
-        ids, pool = self.encoder.encode(queries, titles, texts)
-        return self.score_ids(ids, pool)
+        return self.score_encoded(self.encoder.encode(queries, titles, texts))
 
-    def score_stream(self, chunks: Iterable[tuple[Sequence[Any], Sequence[Any] | None, Sequence[Any]]]) -> Iterator[np.ndarray]:
-        """Score an iterator of (queries, titles, texts) chunks, yielding scores per chunk.
+    def score_stream(
+        self, chunks: Iterable[tuple[Sequence[Any], Sequence[Any] | None, Sequence[Any]]]
+    ) -> Iterator[tuple[Encoded, np.ndarray]]:
+        """Score an iterator of (queries, titles, texts) chunks, yielding (pairs, scores) per chunk.
 
         On CUDA the next chunk is tokenized in a background thread while the GPU works
         on the current one (fast tokenizers release the GIL); on CPU both would compete
@@ -155,7 +171,8 @@ class Scorer:
         """
         if self.device.type != "cuda":
             for queries, titles, texts in chunks:
-                yield self.score(queries, titles, texts)
+                encoded = self.encoder.encode(queries, titles, texts)
+                yield encoded, self.score_encoded(encoded)
             return
         from concurrent.futures import ThreadPoolExecutor
 
@@ -164,26 +181,50 @@ class Scorer:
             for queries, titles, texts in chunks:
                 future = pool.submit(self.encoder.encode, queries, titles, texts)
                 if pending is not None:
-                    yield self.score_ids(*pending.result())
+                    encoded = pending.result()
+                    yield encoded, self.score_encoded(encoded)
                 pending = future
             if pending is not None:
-                yield self.score_ids(*pending.result())
+                encoded = pending.result()
+                yield encoded, self.score_encoded(encoded)
+
+    def score_encoded(self, encoded: Encoded) -> np.ndarray:
+        """Scores of pairs already in the layout (``PairEncoder.encode``), in input order."""
+        scores = self.score_ids(encoded.ids, encoded.pool)
+        self.stats.pooled_early += sum(encoded.pooled_early)
+        self.stats.pooled_in_query += sum(encoded.pooled_in_query)
+        return scores
 
     def score_ids(self, ids: Sequence[Sequence[int]], pool: Sequence[int]) -> np.ndarray:
-        """Scores of already-encoded pairs, in input order."""
+        """Scores of id sequences pooled at ``pool`` (see ``layout.pool_index``), in input order.
+
+        Pairs whose computed positions are identical (the same ids up to the pooled index:
+        repeated pairs, or every candidate of a query pooled inside the query) are computed
+        once and share the score, so they tie exactly as they do in the reference.
+        """
         import time
 
         import torch
 
         start = time.perf_counter()
-        out = np.empty(len(ids), dtype=np.float32)
+        slots: dict[tuple, int] = {}
+        which: list[int] = []  # row -> index of the first row computing the same positions
+        unique: list[int] = []
+        for i, key in enumerate(map(_computed_key, ids, pool)):
+            if key not in slots:
+                slots[key] = len(unique)
+                unique.append(i)
+            which.append(slots[key])
+        u_ids = [ids[i] for i in unique]
+        u_pool = [pool[i] for i in unique]
+        scores = np.empty(len(unique), dtype=np.float32)
         with torch.inference_mode():
-            for rows in plan_batches(ids, pool, batch_size=self.batch_size, max_tokens=self.max_tokens):
-                self._score_rows(ids, pool, rows, out)
+            for rows in plan_batches(u_ids, u_pool, batch_size=self.batch_size, max_tokens=self.max_tokens):
+                self._score_rows(u_ids, u_pool, rows, scores)
         self.stats.pairs += len(ids)
         self.stats.real_tokens += sum(len(x) for x in ids)
         self.stats.seconds += time.perf_counter() - start
-        return out
+        return scores[np.asarray(which, dtype=np.int64)] if ids else scores
 
     # -- internals --------------------------------------------------------------------
 
@@ -210,26 +251,23 @@ class Scorer:
     def _tensors(self, ids, pool, rows: list[int]):
         import torch
 
-        last_pos = self.layout.padded_length - 1
-        lengths = [len(ids[i]) + (1 if pool[i] >= len(ids[i]) else 0) for i in rows]
+        lengths = [computed_length(ids[i], pool[i]) for i in rows]
         width = max(lengths)
         n = len(rows)
         input_ids = np.full((n, width), self.loaded.pad_id, dtype=np.int64)
         attention = np.zeros((n, width), dtype=np.int64)
-        positions = np.zeros((n, width), dtype=np.int64)
-        gather = np.empty(n, dtype=np.int64)
+        positions = np.tile(np.arange(width, dtype=np.int64), (n, 1))
+        gather = np.asarray(lengths, dtype=np.int64) - 1
         for r, i in enumerate(rows):
-            seq = ids[i]
-            k = len(seq)
-            input_ids[r, :k] = seq
-            attention[r, :k] = 1
-            positions[r, :width] = np.arange(width)
-            if pool[i] >= k:
-                # The pooling token: masked as a key, queried at the reference's position.
-                positions[r, k] = last_pos
-                gather[r] = k
+            seq, p = ids[i], pool[i]
+            if p < len(seq):
+                input_ids[r, : p + 1] = seq[: p + 1]
+                attention[r, : p + 1] = 1
             else:
-                gather[r] = pool[i]
+                # The pooling token: masked as a key, queried at the reference's position.
+                input_ids[r, : len(seq)] = seq
+                attention[r, : len(seq)] = 1
+                positions[r, len(seq)] = p
         to = dict(device=self.device, non_blocking=self.device.type == "cuda")
         as_tensor = (lambda a: torch.from_numpy(a).pin_memory()) if self.device.type == "cuda" else torch.from_numpy
         return (

@@ -43,6 +43,10 @@ class RunSummary:
     queries_with_nothing_to_rank_count: int = 0
     output_rows: int = 0
     output_queries: int = 0
+    pairs_pooled_early: int = 0  # pooled before their last real token (first-pad and a "!")
+    pairs_pooled_in_query: int = 0  # scored on the query alone: their candidates all tie
+    queries_pooled_in_query: int = 0
+    queries_pooled_in_query_examples: list[str] = field(default_factory=list)
     model_loads: int = 0
     oom_splits: int = 0
     real_tokens: int = 0
@@ -105,6 +109,11 @@ class RunSummary:
         for label, counts in notes.items():
             if any(counts.values()):
                 lines.append(f"{label}: " + ", ".join(f"{k}={v}" for k, v in counts.items() if v))
+        if self.pairs_pooled_early:
+            lines.append(
+                f"pooling   {self.pairs_pooled_early} pairs pooled before their last token; "
+                f"{self.queries_pooled_in_query} queries pooled inside the query (order unchanged)"
+            )
         lines.append(f"output    rows={self.output_rows} queries={self.output_queries} -> {self.output} ({self.format})")
         lines.append(
             f"model loads={self.model_loads} oom_splits={self.oom_splits} "

@@ -5,8 +5,9 @@ classifiers with one relevance logit trained with binary cross-entropy. This mod
 the same on the demo's synthetic collection: positives from the qrels, negatives sampled
 from the first-stage candidates (hard negatives) and from the corpus, inputs built by
 ``layout.PairEncoder`` and right-padded to the layout's ``padded_length`` with the pad id,
-and the plain Hugging Face forward pass. So the model learns at exactly the position the
-scorer pools (index 227 for a model whose ``config.pad_token_id`` is 0, as DeAR's).
+and the logit read at the position the layout's pooling rule names. So the model learns
+at exactly the position the scorer pools (index 227 for most pairs of a model whose
+``config.pad_token_id`` is 0, as DeAR's).
 
 It exists so ``dear-rerank demo`` can show a real effect in half a minute on a CPU; it is
 not a recipe for training production rerankers.
@@ -30,6 +31,7 @@ from typing import Any
 from . import schema as S
 from .exceptions import ConfigError
 from .layout import Layout, PairEncoder
+from .model import pool_pad_id
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +127,9 @@ class _Examples:
 def padded_batch(ids: list[list[int]], *, pad_id: int, width: int) -> tuple[Any, Any]:
     """The reference input of DeAR's training: ids right-padded to ``width`` with ``pad_id``.
 
-    Pads are masked; the classifier itself then pools the rightmost position whose id
-    differs from ``config.pad_token_id`` (index ``width - 1``, a pad, for DeAR's models),
-    which is the position ``layout.PairEncoder.pool_index`` reports and the scorer reproduces.
+    Pads are masked; the logit is read at the position the layout's pooling rule names
+    (``layout.PairEncoder.pool_index``, index ``width - 1``, a pad, for most DeAR pairs),
+    the position the scorer reproduces.
 
     Returns:
         ``(input_ids, attention_mask)``, int64 tensors of shape ``(len(ids), width)``.
@@ -221,7 +223,8 @@ def train_reranker(
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad_id is None:
             raise ConfigError(f"{model_dir}: the tokenizer has neither a pad nor an eos token.")
-        encoder = PairEncoder(tokenizer, layout, pool_pad_id=model.config.pad_token_id, pad_id=pad_id)
+        encoder = PairEncoder(tokenizer, layout, pool_pad_id=pool_pad_id(model.config), pad_id=pad_id)
+        backbone = getattr(model, model.base_model_prefix)
         width = layout.padded_length
 
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -240,9 +243,12 @@ def train_reranker(
             elif time.perf_counter() - start >= seconds:
                 break
             queries, titles, texts, labels = examples.sample(batch_size)
-            ids, _ = encoder.encode(queries, titles, texts)
-            input_ids, attention = padded_batch(ids, pad_id=pad_id, width=width)
-            logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits[:, 0]
+            pairs = encoder.encode(queries, titles, texts)
+            input_ids, attention = padded_batch(pairs.ids, pad_id=pad_id, width=width)
+            # Pooled by the layout's rule, not by the installed transformers' own rule.
+            hidden = backbone(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
+            pooled = hidden[torch.arange(len(pairs.pool)), torch.tensor(pairs.pool)]
+            logits = model.score(pooled)[:, 0]
             loss = loss_fn(logits, torch.tensor(labels, dtype=torch.float32))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

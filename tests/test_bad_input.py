@@ -253,11 +253,11 @@ def test_special_token_strings_are_plain_text(bad_run, core, tiny_models):
     from dear_udf.scorer import Scorer
 
     _, rows, _ = bad_run
-    ids, _ = core.encoder.encode([QUERY_TEXT["q5"]], [""], [DOCS["d8"][1]])
+    ids = core.encoder.encode([QUERY_TEXT["q5"]], [""], [DOCS["d8"][1]]).ids
     tok = core.loaded.tokenizer
     assert ids[0].count(tok.bos_token_id) == 2  # only the layout's own two
     assert tok.eos_token_id not in ids[0]
-    parsing = Scorer(core.loaded, layout=Layout(special_tokens_in_text="parse"), batch_size=16)
+    parsing = Scorer(core.loaded, layout=Layout(special_tokens="parse"), batch_size=16)
     job = next(r[S.SCORE] for r in rows if (r[S.QUERY_ID], r[S.DOC_ID]) == ("q5", "d8"))
     split = float(core.score([QUERY_TEXT["q5"]], [""], [DOCS["d8"][1]])[0])
     parsed = float(parsing.score([QUERY_TEXT["q5"]], [""], [DOCS["d8"][1]])[0])

@@ -173,3 +173,64 @@ def test_missing_columns_fail_before_scoring(spark, tiny_models, data, tmp_path)
     paths = dict(data["paths"], corpus=str(tmp_path / "nope.parquet"))
     with pytest.raises(InputError, match="nope.parquet: no such file"):
         run_job(_config(paths, tiny_models["index227"], tmp_path / "o"), spark=spark)
+
+
+def _with_bang_queries(data, directory):
+    """The inputs with a "!" in the text of q0 and q3 (id 0 in the tiny tokenizer)."""
+    queries = data["queries"].to_pylist()
+    for row in queries:
+        if row["query_id"] in ("q0", "q3"):
+            row["query"] = row["query"] + "! now"
+    path = directory / "bang-queries.parquet"
+    pq.write_table(pa.Table.from_pylist(queries, schema=data["queries"].schema), path)
+    return {**data["paths"], "queries": str(path)}, queries
+
+
+@pytest.mark.parametrize("pooling", ["first-pad", "last-non-pad"])
+def test_pooling_rule_and_queries_pooled_inside_the_query(spark, tiny_models, data, tmp_path, caplog, pooling):
+    from dear_udf.spark.job import run_job
+
+    paths, queries = _with_bang_queries(data, tmp_path)
+    out = tmp_path / "reranked"
+    config = _config(paths, tiny_models["index227"], out, top_k=12, layout={"pooling": pooling})
+    with caplog.at_level("WARNING", logger="dear_udf.spark.job"):
+        summary = run_job(config, spark=spark)
+    assert summary.settings["pooling"] == pooling and summary.settings["special_tokens"] == "split"
+    rows = sorted(_read_delta(out).to_pylist(), key=lambda r: (r[S.QUERY_ID], r[S.RANK]))
+    if pooling == "first-pad":
+        # Every candidate of q0 and q3 is pooled before the query's "!": one score each,
+        # so the order stays the first stage's.
+        assert summary.queries_pooled_in_query == 2
+        assert summary.queries_pooled_in_query_examples == ["q0", "q3"]
+        assert summary.pairs_pooled_in_query == 2 * 12
+        assert summary.pairs_pooled_early >= 2 * 12
+        for qid in ("q0", "q3"):
+            mine = [r for r in rows if r[S.QUERY_ID] == qid]
+            assert len({r[S.SCORE] for r in mine}) == 1
+            assert [r[S.FIRST_STAGE_RANK] for r in mine] == list(range(1, 13))
+        assert "2 queries are pooled inside the query" in caplog.text and "q0, q3" in caplog.text
+    else:
+        assert summary.pairs_pooled_early == summary.pairs_pooled_in_query == summary.queries_pooled_in_query == 0
+        assert len({r[S.SCORE] for r in rows if r[S.QUERY_ID] == "q0"}) > 1
+        assert "pooled inside the query" not in caplog.text
+    written = json.loads((tmp_path / "reranked.summary.json").read_text())
+    assert written["queries_pooled_in_query"] == summary.queries_pooled_in_query
+
+
+def test_layout_flags_and_yaml_reach_the_config(tmp_path):
+    import argparse
+
+    from dear_udf.spark.job import add_arguments, config_from_args
+
+    yaml_file = tmp_path / "conf.yaml"
+    yaml_file.write_text("layout:\n  pooling: last-non-pad\n  special_tokens: parse\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--queries", "q", "--corpus", "c", "--candidates", "r", "--model", "m", "--output", "o"]
+    assert config_from_args(parser.parse_args(base)).layout.pooling == "first-pad"
+    from_file = config_from_args(parser.parse_args([*base, "--config", str(yaml_file)])).layout
+    assert (from_file.pooling, from_file.special_tokens) == ("last-non-pad", "parse")
+    flags = parser.parse_args([*base, "--config", str(yaml_file), "--pooling", "first-pad"])
+    assert (config_from_args(flags).layout.pooling, config_from_args(flags).layout.special_tokens) == ("first-pad", "parse")
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--pooling", "last"])

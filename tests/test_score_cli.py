@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dear_udf.baselines import reference_scores
+from dear_udf.reference import DearReference
 from dear_udf.cli import main
 from dear_udf.model import ModelSpec, load_model
 from dear_udf.testing import BOS, EOS
@@ -29,6 +29,8 @@ ROWS = [
     ("q2", "d9", "", "Edison", f"light bulb {EOS} invented {BOS}"),
     ("q3", "d7", None, None, "coffee diet " * 300),
     ("q1", "d4", "what is a llama", "", "camelid " * 5),
+    ("q4", "d5", "bang! in the query", "", "and in the doc! too"),
+    ("q1", "d6", "what is a llama", "", "a bang! in the document"),
 ]
 
 
@@ -58,10 +60,10 @@ def _write_pairs(path: Path, *, with_title: bool = True, int_ids: bool = False) 
     return path
 
 
-def _reference(model: Path, adapter: Path | None = None, *, with_title: bool = True) -> np.ndarray:
-    loaded = load_model(ModelSpec(model=str(model), adapter=None if adapter is None else str(adapter)))
+def _reference(model: Path | None, adapter: Path | None = None, *, with_title: bool = True, **kwargs) -> np.ndarray:
     _, _, queries, titles, texts = (list(c) for c in zip(*ROWS))
-    return reference_scores(loaded, queries, titles if with_title else None, texts)
+    reference = DearReference.load(model, adapter, **{"special_tokens": "split", **kwargs})
+    return reference.score(queries, titles if with_title else None, texts)
 
 
 def _check_output(out: Path, ref: np.ndarray) -> None:
@@ -87,8 +89,33 @@ def test_score_full_model(tiny_models, tmp_path, capsys, name):
     _check_output(out, _reference(tiny_models[name]))
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["pairs"] == len(ROWS)
-    assert summary["batches"] >= 3  # batch size 3 over 7 rows
+    assert summary["batches"] >= 3  # batch size 3 over 9 rows
     assert summary["computed_tokens"] < 228 * len(ROWS)
+
+
+@pytest.mark.parametrize("pooling", ["first-pad", "last-non-pad"])
+@pytest.mark.parametrize("special_tokens", ["split", "parse"])
+def test_pooling_and_special_token_flags(tiny_models, tmp_path, capsys, pooling, special_tokens):
+    pairs = _write_pairs(tmp_path / "pairs.parquet")
+    out = tmp_path / "scores.parquet"
+    argv = ["score", "--model", str(tiny_models["index227"]), "--pairs", str(pairs), "--out", str(out),
+            "--pooling", pooling, "--special-tokens", special_tokens]
+    assert main(argv) == 0
+    _check_output(out, _reference(tiny_models["index227"], pooling=pooling, special_tokens=special_tokens))
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # The "!" of q4's query pools its pair inside the query under first-pad only; the
+    # document's "!" of d6 pools that pair early too.
+    assert summary["pooled_in_query"] == (1 if pooling == "first-pad" else 0)
+    assert summary["pooled_early"] == (2 if pooling == "first-pad" else 0)
+
+
+def test_default_flags_are_first_pad_and_split(tiny_models, tmp_path):
+    pairs = _write_pairs(tmp_path / "pairs.parquet")
+    out = tmp_path / "scores.parquet"
+    assert main(["score", "--model", str(tiny_models["index227"]), "--pairs", str(pairs), "--out", str(out)]) == 0
+    _check_output(out, _reference(tiny_models["index227"], pooling="first-pad", special_tokens="split"))
+    other = _reference(tiny_models["index227"], pooling="last-non-pad", special_tokens="split")
+    assert float(np.max(np.abs(pq.read_table(out).column("score").to_numpy() - other))) > 10 * TOL
 
 
 def test_score_with_adapter(tiny_models, tmp_path):

@@ -1,8 +1,11 @@
-"""The scorer against the plainly written reference (each pair padded alone to 228, fp32).
+"""The scorer against DeAR's own inference, written plainly in ``dear_udf.reference``.
 
-Every variant of the tiny model is covered: index-227 pooling (``config.pad_token_id=0``,
-DeAR's training quirk) and last-real-token pooling (pad id == EOS), each as a full model and
-as a LoRA adapter whose base comes from ``adapter_config.json``.
+The reference follows DeAR's ``pointwise_reranker`` code under transformers 4.45 semantics
+(``prepare_for_model`` with the reserved special tokens, the pair padded alone to 228,
+``first-pad`` pooling) and shares no code with the layout or the scorer. Every variant of
+the tiny model is covered: ``config.pad_token_id=0`` (DeAR's) and ``= eos``, each as a full
+model and as a LoRA adapter applied unmerged in the reference; both pooling rules; both
+special-token modes.
 """
 
 from __future__ import annotations
@@ -12,15 +15,16 @@ import random
 import numpy as np
 import pytest
 
-from dear_udf.baselines import reference_scores
 from dear_udf.exceptions import ConfigError
-from dear_udf.layout import Layout
+from dear_udf.layout import POOLING_RULES, SPECIAL_TOKEN_MODES, Layout
 from dear_udf.model import ModelSpec, load_model
+from dear_udf.reference import DearReference
 from dear_udf.scorer import Scorer, plan_batches
 from dear_udf.testing import BOS, EOS, vocabulary
 
 TOL = 1e-4  # max |scorer - reference| in float32
 VARIANTS = ["index227", "last", "index227-lora", "last-lora"]
+BANG = 0  # "!" in the test tokenizer, as in Llama-3
 
 
 def _words(n: int, seed: int) -> str:
@@ -45,6 +49,11 @@ def _battery() -> tuple[list[str], list, list, list]:
         ("q1", "what is a llama", "東京", "café naïve Zürich Ελληνικά русский 🙂 ß ñandú עברית १२३"),
         ("q1", "what is a llama", "", f"{EOS} injected {BOS} control {EOS}"),
         ("q1", "what is a llama", "", f"ends with the eos string {EOS}"),
+        # "!" at the document's first token, in the middle, and only beyond the 193-token cut.
+        ("q1", "what is a llama", "!", "bang as the first document token"),
+        ("q1", "what is a llama", "", "!wow a bang right after the template"),
+        ("q1", "what is a llama", "", "two bangs! here! " + _words(20, seed=18)),
+        ("q1", "what is a llama", "", long_doc + " tail!"),
         # Empty, null and NaN queries.
         ("q2", "", "", None),
         ("q2", "", "", "a short passage"),
@@ -54,22 +63,52 @@ def _battery() -> tuple[list[str], list, list, list]:
         ("q3", None, "", _words(40, seed=13)),
         ("q4", float("nan"), "", float("nan")),
         ("q4", float("nan"), "title only", ""),
-        # A query past 32 tokens: with the long doc this is the 227-id boundary.
+        # A query past 32 tokens: with a long doc the pair hits the 226-id cap.
         ("q5", long_query, "", long_doc),
         ("q5", long_query, "", ""),
         ("q5", long_query, "", _words(60, seed=14)),
-        ("q5", long_query, "", _words(150, seed=15)),
+        ("q5", long_query, "", _words(150, seed=15) + "!"),
         # Unicode and special-token strings in the query.
         ("q6", "東京 café 🙂 ñandú", "", "河 river"),
         ("q6", "東京 café 🙂 ñandú", "", _words(90, seed=16)),
         ("q7", f"{BOS} what {EOS}", "", "control tokens in the query"),
         ("q7", f"{BOS} what {EOS}", "", _words(30, seed=17)),
+        # "!" in the query: under first-pad every candidate is pooled inside the query.
+        ("q8", "what is a llama!", "", "The llama is a domesticated camelid."),
+        ("q8", "what is a llama!", "", _words(50, seed=19)),
+        ("q8", "what is a llama!", "", long_doc),
     ]
     qids, queries, titles, texts = (list(col) for col in zip(*rows))
     return qids, queries, titles, texts
 
 
 BATTERY = _battery()
+
+
+def _doc_ending_in_bang(tokenizer) -> str:
+    """A text whose document ids are exactly 193 tokens with "!" as the last one."""
+    words = _words(400, seed=21).split()
+    for k in range(60, 400):
+        text = " ".join(words[:k]) + "!"
+        ids = tokenizer("document:  " + text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 193 and ids[-1] == BANG:
+            return text
+    raise AssertionError("no prefix gives 193 tokens ending in '!'")
+
+
+@pytest.fixture(scope="module")
+def full_battery(tiny_models):
+    """BATTERY plus a document whose 193rd token is "!": kept after a short query, cut by
+    the 226-id cap after a 32-token query."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_models["index227"]))
+    text = _doc_ending_in_bang(tokenizer)
+    qids, queries, titles, texts = (list(c) for c in BATTERY)
+    long_query = queries[qids.index("q5")]
+    for qid, query in (("q1", queries[0]), ("q5", long_query)):
+        qids.append(qid), queries.append(query), titles.append(""), texts.append(text)
+    return qids, queries, titles, texts
 
 
 def _load(tiny_models, variant: str, dtype: str = "float32"):
@@ -79,18 +118,10 @@ def _load(tiny_models, variant: str, dtype: str = "float32"):
     return load_model(ModelSpec(model=str(tiny_models[variant]), dtype=dtype))
 
 
-def _reference_ids(loaded, ids: list[list[int]]) -> np.ndarray:
-    """Each id sequence padded alone to 228 with the pad id, through the HF model as is."""
-    import torch
-
-    out = np.empty(len(ids), dtype=np.float32)
-    with torch.inference_mode():
-        for r, seq in enumerate(ids):
-            input_ids = torch.full((1, 228), loaded.pad_id, dtype=torch.long)
-            input_ids[0, : len(seq)] = torch.tensor(seq)
-            mask = (torch.arange(228) < len(seq)).long()[None]
-            out[r] = loaded.model(input_ids=input_ids, attention_mask=mask).logits.float()[0, 0]
-    return out
+def _reference(tiny_models, variant: str, **kwargs) -> DearReference:
+    if variant.endswith("-lora"):
+        return DearReference.load(None, tiny_models[variant], **kwargs)
+    return DearReference.load(tiny_models[variant], **kwargs)
 
 
 def _assert_same_order(qids, got: np.ndarray, want: np.ndarray) -> None:
@@ -115,57 +146,88 @@ def one_thread():
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def variant(request, tiny_models):
-    loaded = _load(tiny_models, request.param)
-    _, queries, titles, texts = BATTERY
-    ref = reference_scores(loaded, queries, titles, texts)
-    return request.param, loaded, ref
+    return request.param, _load(tiny_models, request.param)
 
 
 @pytest.fixture(scope="module")
 def index227(tiny_models):
     loaded = _load(tiny_models, "index227")
     _, queries, titles, texts = BATTERY
-    return loaded, reference_scores(loaded, queries, titles, texts)
+    reference = _reference(tiny_models, "index227", special_tokens="split")
+    return loaded, reference.score(queries, titles, texts)
 
 
-# -- parity with the reference -------------------------------------------------------
+# -- parity with DeAR's own inference ----------------------------------------------------
 
 
-def test_battery_hits_the_boundaries(index227):
-    loaded, _ = index227
-    scorer = Scorer(loaded)
-    _, queries, titles, texts = BATTERY
-    ids, pool = scorer.encoder.encode(queries, titles, texts)
+def test_battery_hits_the_boundaries(tiny_models, full_battery):
+    reference = _reference(tiny_models, "index227", special_tokens="split")
+    qids, queries, titles, texts = full_battery
+    ids = [reference.input_ids(q, t, x) for q, t, x in zip(queries, titles, texts)]
     lengths = [len(x) for x in ids]
-    assert max(lengths) == 227  # 1 + 32 + 1 + 193
-    assert sum(1 for n in lengths if n == 227) == 1
-    tok = loaded.tokenizer
+    assert max(lengths) == 226  # 228 minus the 2 reserved special tokens
+    assert sum(1 for n in lengths if n == 226) >= 2
+    tok = reference.tokenizer
     empty = 2 + sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in ("query: ", "document:  "))
     assert min(lengths) == empty  # empty query and document: only the templates
+    # The "!" cases land where the battery says: in every q8 query, as the document's
+    # first token after its template, beyond the cut of the long doc, and as the 193rd
+    # token, kept after a short query and cut by the 226 cap after a 32-token one.
+    assert all(BANG in ids[i][:12] for i, q in enumerate(qids) if q == "q8")
+    assert ids[9][ids[9].index(tok.bos_token_id, 1) + 4] == BANG
+    assert BANG not in ids[12]
+    assert ids[-2][-1] == BANG and len(ids[-2]) < 226
+    assert len(ids[-1]) == 226 and BANG not in ids[-1]
 
 
-def test_scores_match_reference_and_order(variant):
-    name, loaded, ref = variant
-    qids, queries, titles, texts = BATTERY
-    scorer = Scorer(loaded, batch_size=8)
+@pytest.mark.parametrize("special_tokens", SPECIAL_TOKEN_MODES)
+@pytest.mark.parametrize("pooling", POOLING_RULES)
+def test_scores_match_dear_reference_and_order(variant, tiny_models, full_battery, pooling, special_tokens):
+    name, loaded = variant
+    qids, queries, titles, texts = full_battery
+    reference = _reference(tiny_models, name, pooling=pooling, special_tokens=special_tokens)
+    ref = reference.score(queries, titles, texts)
+    scorer = Scorer(loaded, layout=Layout(pooling=pooling, special_tokens=special_tokens), batch_size=8)
     got = scorer.score(queries, titles, texts)
     assert got.dtype == np.float32 and got.shape == (len(qids),)
     assert np.all(np.isfinite(got))
-    assert float(np.max(np.abs(got - ref))) <= TOL, name
+    assert float(np.max(np.abs(got - ref))) <= TOL, (name, pooling, special_tokens)
     _assert_same_order(qids, got, ref)
     # Distinct documents of a query really are scored differently (the order test bites).
     assert len(np.unique(ref[[i for i, q in enumerate(qids) if q == "q1"]])) >= 8
+    q8 = [i for i, q in enumerate(qids) if q == "q8"]
+    in_query = scorer.encoder.encode(queries, titles, texts).pooled_in_query
+    assert scorer.stats.pooled_in_query == sum(in_query)
+    if pooling == "first-pad" and name.startswith("index227"):
+        # Pooled before the query's "!": every candidate of q8 gets one score.
+        assert np.ptp(ref[q8]) == 0 and all(in_query[i] for i in q8)
+        assert scorer.stats.pooled_early > len(q8)
+    else:
+        assert np.ptp(ref[q8]) > 0 and not any(in_query[i] for i in q8)
 
 
-def test_ids_of_every_length_from_1_to_227(variant):
-    name, loaded, _ = variant
+def test_the_pooling_rules_differ_on_bangs(tiny_models, full_battery):
+    """Without this the parity test could not tell first-pad from last-non-pad."""
+    _, queries, titles, texts = full_battery
+    first = _reference(tiny_models, "index227", pooling="first-pad").score(queries, titles, texts)
+    last = _reference(tiny_models, "index227", pooling="last-non-pad").score(queries, titles, texts)
+    assert float(np.max(np.abs(first - last))) > 100 * TOL
+    assert np.array_equal(first[:3], last[:3])  # no "!" in these pairs: the same position
+
+
+@pytest.mark.parametrize("pooling", POOLING_RULES)
+def test_ids_of_every_length_from_1_to_227(variant, tiny_models, pooling):
+    name, loaded = variant
     rng = np.random.default_rng(0)
-    # Ordinary (non-special) ids, so the reference pools exactly where the layout says.
-    ids = [rng.integers(0, 1200, size=n).tolist() for n in range(1, 228)]
-    scorer = Scorer(loaded, batch_size=128)
+    # Ordinary ids, with a "!" (id 0) forced into every fifth sequence.
+    ids = [rng.integers(1, 1200, size=n).tolist() for n in range(1, 228)]
+    for n, seq in enumerate(ids):
+        if n % 5 == 2:
+            seq[int(rng.integers(0, len(seq)))] = BANG
+    scorer = Scorer(loaded, layout=Layout(pooling=pooling), batch_size=128)
     pool = [scorer.encoder.pool_index(seq) for seq in ids]
     got = scorer.score_ids(ids, pool)
-    ref = _reference_ids(loaded, ids)
+    ref = _reference(tiny_models, name, pooling=pooling).score_ids(ids)
     assert float(np.max(np.abs(got - ref))) <= TOL, name
     qids = [f"q{n % 9}" for n in range(1, 228)]
     _assert_same_order(qids, got, ref)
@@ -184,7 +246,7 @@ def test_titles_none_equals_empty_titles(index227):
 
 
 def test_computes_fewer_positions_than_padding_to_228(variant):
-    name, loaded, _ = variant
+    name, loaded = variant
     _, queries, titles, texts = BATTERY
     scorer = Scorer(loaded, batch_size=8)
     scorer.score(queries, titles, texts)
@@ -206,6 +268,18 @@ def test_exact_positions_for_equal_lengths(tiny_models, name, extra):
     assert scorer.stats.batches == 3
 
 
+def test_a_pair_pooled_at_a_real_token_is_computed_up_to_it(tiny_models):
+    loaded = _load(tiny_models, "index227")
+    scorer = Scorer(loaded, batch_size=4)
+    ids = [[5] * 10 + [BANG] + [6] * 39]  # "!" at index 10: pooled at 9
+    pool = [scorer.encoder.pool_index(seq) for seq in ids]
+    assert pool == [9]
+    got = scorer.score_ids(ids, pool)
+    assert scorer.stats.computed_tokens == 10  # nothing after the pooled position
+    ref = _reference(tiny_models, "index227").score_ids(ids)
+    assert abs(float(got[0] - ref[0])) <= TOL
+
+
 # -- batch composition and input order -----------------------------------------------
 
 
@@ -223,6 +297,23 @@ def test_shuffled_input_gives_bit_identical_scores(index227):
         # the same batches formed, so not merely close but bit-identical.
         assert np.array_equal(shuffled, base[perm])
     assert float(np.max(np.abs(base - ref))) <= TOL
+
+
+def test_repeated_pairs_and_query_pooled_candidates_share_one_forward_pass(index227):
+    loaded, _ = index227
+    scorer = Scorer(loaded, batch_size=2)
+    queries = ["a llama!"] * 5 + ["plain"] * 4
+    texts = ["one", "two", "three " * 50, "four", "five", "same", "same", "other", "same"]
+    got = scorer.score(queries, None, texts)
+    # The five candidates of the "!" query are pooled before the "!": one forward pass,
+    # one score, an exact tie (so the first-stage order decides), whatever the batches.
+    assert len(set(got[:5].tolist())) == 1
+    assert got[5] == got[6] == got[8] != got[7]
+    assert scorer.stats.pairs == 9 and scorer.stats.pooled_in_query == 5
+    computed = scorer.stats.computed_tokens
+    alone = Scorer(loaded, batch_size=2)
+    alone.score(["a llama!", "plain", "plain"], None, ["one", "same", "other"])
+    assert computed == alone.stats.computed_tokens
 
 
 def test_batches_depend_only_on_row_content():
@@ -254,7 +345,9 @@ def test_max_tokens_caps_each_micro_batch(index227):
     scorer.forward = recording
     got = scorer.score(queries, titles, texts)
     assert float(np.max(np.abs(got - ref))) <= TOL
-    assert sum(rows for rows, _ in shapes) == len(queries)
+    # Every distinct computed sequence exactly once (repeats share a forward pass).
+    pairs = scorer.encoder.encode(queries, titles, texts)
+    assert sum(rows for rows, _ in shapes) == len({(p, tuple(x[: p + 1])) for x, p in zip(pairs.ids, pairs.pool)})
     assert all(rows * width <= 600 or rows == 1 for rows, width in shapes)
     unlimited = Scorer(loaded, batch_size=128, max_tokens=None)
     unlimited.score(queries, titles, texts)
@@ -294,14 +387,17 @@ def test_max_tokens_validation_message(index227):
         Scorer(loaded, max_tokens=0)
 
 
-def test_custom_layout_is_used(index227):
+def test_custom_layout_is_used(index227, tiny_models):
     loaded, _ = index227
-    short = Layout(query_max_tokens=4, doc_max_tokens=10, padded_length=228)
+    # DeAR's q_max_len=4, p_max_len=13: 4 query and 10 document tokens, padded to 17,
+    # so the pair cap (17 - 2 = 15) cuts one document token from the longest pairs.
+    short = Layout(query_max_tokens=4, doc_max_tokens=10, padded_length=17)
     scorer = Scorer(loaded, layout=short)
     _, queries, titles, texts = BATTERY
     got = scorer.score(queries, titles, texts)
-    ref = reference_scores(loaded, queries, titles, texts, layout=short)
-    assert scorer.stats.real_tokens <= len(queries) * 16
+    reference = _reference(tiny_models, "index227", special_tokens="split", q_max_len=4, p_max_len=13)
+    ref = reference.score(queries, titles, texts)
+    assert scorer.stats.real_tokens <= len(queries) * 15
     assert float(np.max(np.abs(got - ref))) <= TOL
 
 
@@ -325,8 +421,8 @@ def _oom_above(scorer: Scorer, limit: int, calls: list[int], message: str = "CUD
 def test_oom_halves_the_batch_and_scores_stay_equal(index227):
     loaded, ref = index227
     _, queries, titles, texts = BATTERY
-    rows = slice(0, 16)
-    q, t, x = queries[rows], titles[rows], texts[rows]
+    rows = [*range(12), 13, 14, 15, 17]  # 16 distinct pairs: none shares a forward pass
+    q, t, x = ([col[i] for i in rows] for col in (queries, titles, texts))
     scorer = Scorer(loaded, batch_size=16)
     calls: list[int] = []
     _oom_above(scorer, 4, calls)
@@ -336,7 +432,7 @@ def test_oom_halves_the_batch_and_scores_stay_equal(index227):
     assert calls == [4, 4, 4, 4]
     assert scorer.stats.batches == 4
     assert float(np.max(np.abs(got - ref[rows]))) <= TOL
-    _assert_same_order(BATTERY[0][rows], got, ref[rows])
+    _assert_same_order([BATTERY[0][i] for i in rows], got, ref[rows])
 
 
 def test_oom_as_runtime_error_message_is_also_backed_off(index227):

@@ -98,7 +98,7 @@ def test_training_input_is_what_the_scorer_reproduces(collection, trained_model)
     queries = ["what is a llama", "", *collection.queries.column("query").to_pylist()[:4]]
     titles = [r["title"] for r in rows]
     texts = [r["text"] for r in rows]
-    ids, pool = scorer.encoder.encode(queries, titles, texts)
+    ids, pool, _ = scorer.encoder.encode(queries, titles, texts)
     assert set(pool) == {227}  # index-227 pooling: the quirk training must learn at
     input_ids, attention = padded_batch(ids, pad_id=loaded.pad_id, width=Layout().padded_length)
     assert input_ids.shape == (6, 228)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .. import schema as S
-from ..config import JobConfig, build_job_config, load_yaml, merge
+from ..config import JobConfig, add_layout_arguments, build_job_config, layout_values, load_yaml, merge
 from ..exceptions import DearRerankError
 from ..summary import RunSummary
 
@@ -91,6 +91,8 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
         "depth": config.depth,
         "batch_size": config.batch_size,
         "max_tokens": config.max_tokens,
+        "pooling": config.layout.pooling,
+        "special_tokens": config.layout.special_tokens,
         "dtype": config.model.dtype,
         "device": config.model.device or "auto",
         "model_fingerprint": info.fingerprint,
@@ -147,7 +149,9 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
             )
             scored = score_pairs(pairs, settings, counters).persist(StorageLevel.MEMORY_AND_DISK)
             persisted.append(scored)
-            summary.pairs_scored = scored.count()
+            for name, value in stages.pooling_counts(scored).items():
+                setattr(summary, name, value)
+            _warn_pooled_in_query(summary, config.layout.pooling)
             stats = counters.value
             summary.model_loads = int(stats.get("model_loads", 0))
             summary.oom_splits = int(stats.get("oom_splits", 0))
@@ -202,6 +206,17 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
     return summary
 
 
+def _warn_pooled_in_query(summary: RunSummary, pooling: str) -> None:
+    if summary.queries_pooled_in_query:
+        log.warning(
+            "%d queries are pooled inside the query under pooling=%s (e.g. %s): their candidates "
+            "all get one score, so reranking keeps the first-stage order; --pooling last-non-pad avoids it.",
+            summary.queries_pooled_in_query,
+            pooling,
+            ", ".join(summary.queries_pooled_in_query_examples),
+        )
+
+
 def _evaluate(spark: Any, config: JobConfig, status: Any, top: Any) -> dict[str, Any]:
     """First stage vs reranked, on the queries that have judgements."""
     from pyspark.sql import functions as F
@@ -245,6 +260,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trec-out", dest="trec_out", help="also write the top-k as a TREC run file")
     parser.add_argument("--batch-size", type=int, dest="batch_size", help="pairs per micro-batch (default 128)")
     parser.add_argument("--max-tokens", type=int, dest="max_tokens", help="token budget per micro-batch")
+    add_layout_arguments(parser)
     parser.add_argument("--master", help="Spark master, e.g. local[2]; default: the session's")
     parser.add_argument("--partitions", type=int, dest="scoring_partitions", help="scoring partitions")
 
@@ -277,6 +293,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         "master": args.master,
         "scoring_partitions": args.scoring_partitions,
         "model": {k: v for k, v in model.items() if v is not None},
+        "layout": layout_values(args),
     }
     # A path flag replaces the file's whole input entry's path but keeps its columns/format.
     for name in ("queries", "corpus", "candidates", "qrels"):

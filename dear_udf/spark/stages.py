@@ -169,3 +169,31 @@ def top_k(scored: Any, *, k: int, run_id: str, model: str) -> Any:
         F.lit(run_id).alias(S.RUN_ID),
         F.lit(model).alias(S.MODEL),
     )
+
+
+POOLED_IN_QUERY_LISTED = 10  # query ids named in the summary and the warning; all are counted
+
+
+def pooling_counts(scored: Any) -> dict[str, Any]:
+    """Pairs scored, pairs pooled early, and the queries pooled inside the query, in one pass
+    (plus a second, small one naming the first few such queries)."""
+    from pyspark.sql import functions as F
+
+    in_query = F.col(S.POOLED_IN_QUERY)
+    row = scored.agg(
+        F.count(F.lit(1)).alias("pairs"),
+        F.sum(F.col(S.POOLED_EARLY).cast("int")).alias("early"),
+        F.sum(in_query.cast("int")).alias("in_query"),
+        F.countDistinct(F.when(in_query, F.col(S.QUERY_ID))).alias("queries"),
+    ).collect()[0]
+    examples: list[str] = []
+    if row["queries"]:
+        first = scored.where(in_query).select(S.QUERY_ID).distinct().orderBy(S.QUERY_ID).limit(POOLED_IN_QUERY_LISTED)
+        examples = [r[S.QUERY_ID] for r in first.collect()]
+    return {
+        "pairs_scored": int(row["pairs"]),
+        "pairs_pooled_early": int(row["early"] or 0),
+        "pairs_pooled_in_query": int(row["in_query"] or 0),
+        "queries_pooled_in_query": int(row["queries"]),
+        "queries_pooled_in_query_examples": examples,
+    }

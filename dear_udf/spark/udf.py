@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import schema as S
 from ..layout import Layout
@@ -27,6 +28,8 @@ SCORED_ARROW_SCHEMA = pa.schema(
         (S.FIRST_STAGE_RANK, pa.int32()),
         (S.FIRST_STAGE_SCORE, pa.float64()),
         (S.SCORE, pa.float32()),
+        (S.POOLED_EARLY, pa.bool_()),
+        (S.POOLED_IN_QUERY, pa.bool_()),
     ]
 )
 
@@ -56,6 +59,29 @@ class CounterParam:
         for key, value in b.items():
             a[key] = a.get(key, 0) + value
         return a
+
+
+def whole_queries(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Regroup Arrow batches of rows sorted by query so that no query spans two batches.
+
+    Each batch is one scorer call, and within one call identical pairs share one forward
+    pass (``Scorer.score_ids``). So pairs that DeAR scores identically, such as every
+    candidate of a query pooled inside the query, get bit-identical scores and tie exactly,
+    as in the reference, instead of differing in the last bits with their micro-batch.
+    """
+    carry: pa.RecordBatch | None = None
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        if carry is not None:
+            batch = pa.concat_batches([carry, batch])
+        qids = batch.column(S.QUERY_ID)
+        start = pc.index(qids, qids[-1]).as_py()  # the last query's rows are contiguous
+        if start > 0:
+            yield batch.slice(0, start)
+        carry = batch.slice(start)
+    if carry is not None:
+        yield carry
 
 
 def make_scoring_function(settings: ScoringSettings, counters: Any = None):
@@ -99,9 +125,7 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
             injected.before_scoring(scorer)
 
         def chunks(kept: list[pa.RecordBatch]):
-            for batch in batches:
-                if batch.num_rows == 0:
-                    continue
+            for batch in whole_queries(batches):
                 kept.append(batch)
                 yield (
                     batch.column(S.QUERY).to_pylist(),
@@ -111,9 +135,13 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
 
         kept: list[pa.RecordBatch] = []
         try:
-            for scores in scorer.score_stream(chunks(kept)):
+            for pairs, scores in scorer.score_stream(chunks(kept)):
                 batch = kept.pop(0)
-                arrays = [batch.column(name) for name in CARRY] + [pa.array(scores, type=pa.float32())]
+                arrays = [batch.column(name) for name in CARRY] + [
+                    pa.array(scores, type=pa.float32()),
+                    pa.array(pairs.pooled_early, type=pa.bool_()),
+                    pa.array(pairs.pooled_in_query, type=pa.bool_()),
+                ]
                 out = pa.RecordBatch.from_arrays(arrays, schema=SCORED_ARROW_SCHEMA)
                 yield out
                 if injected is not None:
@@ -142,7 +170,8 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
 def score_pairs(pairs: Any, settings: ScoringSettings, counters: Any = None) -> Any:
     """Score a DataFrame of pairs (query_id, doc_id, query, title, text, first-stage columns).
 
-    Returns a DataFrame of ``SCORED_ARROW_SCHEMA``: the carried columns and ``score``.
+    Returns a DataFrame of ``SCORED_ARROW_SCHEMA``: the carried columns, ``score`` and
+    where each pair was pooled (``pooled_early``, ``pooled_in_query``).
     """
     from ..schema import spark_schema
 
