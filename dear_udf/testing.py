@@ -139,7 +139,25 @@ def build_tiny_dear(
     torch.manual_seed(seed)
     model = LlamaForSequenceClassification(config)
     model.save_pretrained(str(directory))
+    _readable_by_transformers_4(directory)
     return directory
+
+
+def _readable_by_transformers_4(directory: Path) -> None:
+    """Let DeAR's own environment (transformers 4.45) load the model as saved here.
+
+    transformers 5 writes ``rope_parameters`` and a ``TokenizersBackend`` tokenizer class;
+    transformers 4 reads ``rope_theta`` (silently falling back to 10000) and knows only
+    ``PreTrainedTokenizerFast``. Both keys are added; transformers 5 reads the same model.
+    """
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    config.setdefault("rope_theta", config.get("rope_parameters", {}).get("rope_theta", 500000.0))
+    config_path.write_text(json.dumps(config, indent=2))
+    tok_path = directory / "tokenizer_config.json"
+    tok_config = json.loads(tok_path.read_text())
+    tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tok_path.write_text(json.dumps(tok_config, indent=2))
 
 
 def build_lora_adapter(
