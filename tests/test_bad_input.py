@@ -219,13 +219,36 @@ def test_missing_ranks_become_positions_after_the_ranked_candidates(bad_run):
     _, rows, _ = bad_run
     by = {(r[S.QUERY_ID], r[S.DOC_ID]): r for r in rows}
     # q1's first-stage order: ranks 1..5, 8, 9, 10 first, then the unranked by score
-    # (d6 at 5.0, then d7 whose NaN score is missing): positions 9 and 10.
-    assert by[("q1", "d6")][S.FIRST_STAGE_RANK] == 9
-    assert by[("q1", "d7")][S.FIRST_STAGE_RANK] == 10
+    # (d6 at 5.0, then d7 whose NaN score is missing). They rank after the largest rank,
+    # 10: their positions, 9 and 10, would tie with the real ranks 9 and 10.
+    assert by[("q1", "d6")][S.FIRST_STAGE_RANK] == 11
+    assert by[("q1", "d7")][S.FIRST_STAGE_RANK] == 12
     assert by[("q1", "d2")][S.FIRST_STAGE_RANK] == 2
     assert by[("q1", "d7")][S.FIRST_STAGE_SCORE] is None  # NaN is written as null
     assert by[("q1", "d8")][S.FIRST_STAGE_SCORE] is None
     assert by[("q1", "d1")][S.FIRST_STAGE_RANK] == 1  # the duplicate at rank 11 was dropped
+
+
+def test_a_missing_rank_sorts_after_every_real_rank_of_its_query(spark):
+    """Ranks 1, 5, 100 and a missing one: the missing one is 101 (its position, 4, would
+    put it ahead of 5 and 100) in the output, the tie-breaks and the first-stage metrics."""
+    from pyspark.sql import functions as F
+
+    from dear_udf.spark.stages import DROP_REASON, candidate_status, top_k
+
+    candidates = spark.createDataFrame(
+        [("q", "a", 1, None), ("q", "b", 5, None), ("q", "c", 100, None), ("q", "x", None, None), ("r", "y", None, 2.0), ("r", "z", None, 1.0)],
+        "query_id string, doc_id string, first_stage_rank int, first_stage_score double",
+    )
+    queries = spark.createDataFrame([("q", "a query"), ("r", "another")], "query_id string, query string")
+    corpus = spark.createDataFrame([(d, None, "text " + d) for d in "abcxyz"], "doc_id string, title string, text string")
+    status = candidate_status(candidates, queries, corpus, depth=10)
+    ranks = {r[S.DOC_ID]: r[S.FIRST_STAGE_RANK] for r in status.collect()}
+    assert ranks == {"a": 1, "b": 5, "c": 100, "x": 101, "y": 1, "z": 2}  # no rank at all: the position
+    # Equal scores: the tie-break follows the first-stage rank, so x comes last.
+    scored = status.filter(status[DROP_REASON].isNull()).drop(DROP_REASON).withColumn(S.SCORE, F.lit(0.5))
+    top = top_k(scored.filter(scored[S.QUERY_ID] == "q"), k=4, run_id="r", model="m").orderBy(S.RANK).collect()
+    assert [(r[S.DOC_ID], r[S.FIRST_STAGE_RANK]) for r in top] == [("a", 1), ("b", 5), ("c", 100), ("x", 101)]
 
 
 def test_scores_equal_the_core_for_every_awkward_row(bad_run, core):
