@@ -67,6 +67,31 @@ def test_invalid_utf8_becomes_replacement_character(spark, files):
     assert rows["9"] == " tabbed\tmore"
 
 
+def test_bare_cr_inside_a_tsv_text_stays_in_the_text(spark, tmp_path):
+    """200 lines, one text holding a bare CR and some CRLF endings: 200 rows in both readers,
+    the text whole (Spark's default line reader splits at the CR: 201 rows, a phantom id)."""
+    from dear_udf.spark.read import read_input
+
+    lines = [f"d{i}\ttext {i}".encode() + (b"\r\n" if i % 3 == 0 else b"\n") for i in range(200)]
+    lines[7] = b"d7\tbefore\rd-phantom\tafter\n"
+    lines[8] = b"d8\tends in a bare cr\r\r\n"  # only the CR of the CRLF ending is dropped
+    path = tmp_path / "collection.tsv"
+    path.write_bytes(b"".join(lines))
+    columns = ("doc_id", "title", "text")
+    spark_rows = _rows(read_input(spark, InputSpec(str(path)), "corpus").toArrow(), columns)
+    assert spark_rows == _rows(formats.read_corpus(InputSpec(str(path))), columns)
+    assert len(spark_rows) == 200
+    texts = {r[0]: r[2] for r in spark_rows}
+    assert texts["d7"] == "before\rd-phantom\tafter"
+    assert texts["d8"] == "ends in a bare cr\r"
+    assert texts["d0"] == "text 0" and texts["d199"] == "text 199"
+    # Line numbers count the same lines: the bad line is line 2, not 3.
+    path.write_bytes(b"d1\tone\rmore\nno tab here\n")
+    for read in (lambda spec: read_input(spark, spec, "corpus"), formats.read_corpus):
+        with pytest.raises(InputError, match=r"collection\.tsv(:|,) line 2"):
+            read(InputSpec(str(path)))
+
+
 def test_malformed_trec_line_names_file_and_line(spark, files):
     from dear_udf.spark.read import read_input
 

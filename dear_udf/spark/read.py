@@ -42,16 +42,29 @@ def _check_exists(path: str) -> None:
         raise InputError(f"{path}: no such file or directory.")
 
 
+def _lines(spark: Any, path: str) -> Any:
+    """The lines of text files as ``value``, split as ``rules.decode_line`` splits them.
+
+    Spark's text reader splits at ``\\r``, ``\\r\\n`` and ``\\n`` by default, so a bare CR
+    inside a TSV text would cut the text and start a phantom record. Lines end at ``\\n``
+    only, and one trailing ``\\r`` (of a CRLF ending) is dropped.
+    """
+    from pyspark.sql import functions as F
+
+    lines = spark.read.text(path, lineSep="\n")
+    return lines.withColumn("value", F.regexp_replace(F.col("value"), "\r\\z", ""))
+
+
 def _first_bad_line(spark: Any, path: str, bad: Any, what: str) -> None:
     """Raise naming the file and 1-based line of the first line where ``bad`` holds."""
     from pyspark.sql import functions as F
 
-    lines = spark.read.text(path).withColumn("_file", F.input_file_name())
+    lines = _lines(spark, path).withColumn("_file", F.input_file_name())
     first = lines.filter(bad).select("_file", "value").limit(1).collect()
     if not first:
         return
     file_name, value = first[0]["_file"], first[0]["value"]
-    numbered = spark.read.text(file_name).rdd.zipWithIndex()
+    numbered = _lines(spark, file_name).rdd.zipWithIndex()
     line_no = numbered.filter(lambda pair: pair[0][0] == value).map(lambda pair: pair[1]).min() + 1
     raise InputError(f"{file_name}: line {line_no}: {what}: {value[:200]!r}")
 
@@ -60,7 +73,7 @@ def _read_tsv(spark: Any, path: str, kind: Kind) -> Any:
     from pyspark.sql import functions as F
 
     id_col, text_col = (S.QUERY_ID, S.QUERY) if kind == "queries" else (S.DOC_ID, S.TEXT)
-    lines = spark.read.text(path)
+    lines = _lines(spark, path)
     _first_bad_line(spark, path, ~F.col("value").contains("\t") & (F.trim(F.col("value")) != ""), "expected 'id<TAB>text'")
     parts = F.split(F.col("value"), "\t", 2)
     out = lines.filter(F.trim(F.col("value")) != "").select(parts[0].alias(id_col), parts[1].alias(text_col))
@@ -90,14 +103,14 @@ def _read_jsonl(spark: Any, path: str) -> Any:
     parsed = F.from_json(F.col("value"), schema, options)
     blank = F.trim(F.col("value")) == ""
     _first_bad_line(spark, path, ~blank & (parsed.isNull() | parsed[_CORRUPT].isNotNull()), "not a JSON object")
-    lines = spark.read.text(path).filter(~blank)
+    lines = _lines(spark, path).filter(~blank)
     return lines.select(parsed.alias("_r")).select("_r.*").drop(_CORRUPT)
 
 
 def _read_trec(spark: Any, path: str, kind: Kind) -> Any:
     from pyspark.sql import functions as F
 
-    lines = spark.read.text(path).filter(F.trim(F.col("value")) != "")
+    lines = _lines(spark, path).filter(F.trim(F.col("value")) != "")
     fields = F.split(F.trim(F.col("value")), r"\s+")
     if kind == "qrels":
         bad = (F.size(fields) != 4) | fields[3].try_cast("int").isNull()
@@ -119,7 +132,7 @@ def _read_qrels_text(spark: Any, path: str) -> Any:
     """TREC qrels (``qid 0 docid rel``), or BEIR's ``query-id<TAB>corpus-id<TAB>score`` with header."""
     from pyspark.sql import functions as F
 
-    first = spark.read.text(path).filter(F.trim(F.col("value")) != "").limit(1).collect()
+    first = _lines(spark, path).filter(F.trim(F.col("value")) != "").limit(1).collect()
     if first and rules.is_beir_qrels_header(first[0]["value"]):
         df = spark.read.csv(path, sep="\t", header=True)
         return df.select(
