@@ -123,3 +123,36 @@ def test_catalog_table_is_read_by_name(spark, tmp_path):
             read_input(spark, InputSpec("default.no_such_table"), "queries")
     finally:
         spark.sql("DROP TABLE IF EXISTS default.dear_test_queries")
+
+
+def test_corrupt_parquet_file_in_a_folder_is_named(spark, tmp_path):
+    """One line naming the file, when the input is read: not a Java error at the first action."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dear_udf.spark.read import read_input
+
+    folder = tmp_path / "candidates"
+    folder.mkdir()
+    pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["d"], "rank": [1]}), folder / "part-0.parquet")
+    (folder / "part-1.parquet").write_bytes(b"PAR1" + b"not parquet at all" * 10)
+    spec = InputSpec(str(folder))
+    with pytest.raises(InputError) as info:
+        read_input(spark, spec, "candidates")
+    message = str(info.value)
+    assert message.endswith("part-1.parquet: not a readable Parquet file (corrupt, truncated or another format); remove or replace it.")
+    assert "\n" not in message
+    with pytest.raises(InputError, match=r"part-1\.parquet"):
+        formats.read_candidates(spec)
+
+
+def test_jsonl_text_over_20_million_characters_is_read(spark, tmp_path):
+    """Jackson's default limit (20,000,000 characters per string) made this 'not a JSON object'."""
+    from dear_udf.spark.read import read_input
+
+    size = 21_000_000
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"doc_id": "a", "text": "short"}) + "\n" + json.dumps({"doc_id": "big", "text": "x" * size}) + "\n")
+    spark_rows = {r["doc_id"]: len(r["text"]) for r in read_input(spark, InputSpec(str(path)), "corpus").collect()}
+    local_rows = dict(zip(*[formats.read_corpus(InputSpec(str(path))).column(c).to_pylist() for c in ("doc_id", "text")]))
+    assert spark_rows == {"a": 5, "big": size} == {k: len(v) for k, v in local_rows.items()}

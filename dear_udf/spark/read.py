@@ -83,6 +83,10 @@ def _read_tsv(spark: Any, path: str, kind: Kind) -> Any:
 
 
 _CORRUPT = "_corrupt_record"
+# Jackson refuses a JSON string over 20,000,000 characters (its StreamReadConstraints), so
+# a long text read as a "not a JSON object" line; Python's json, the local reader, has no
+# such limit. Lift it to Java's largest string.
+_JACKSON_LIMITS = {"maxStringLen": str(2**31 - 1)}
 
 
 def _read_jsonl(spark: Any, path: str) -> Any:
@@ -97,9 +101,9 @@ def _read_jsonl(spark: Any, path: str) -> Any:
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, StructField, StructType
 
-    inferred = spark.read.json(path).schema
+    inferred = spark.read.options(lineSep="\n", **_JACKSON_LIMITS).json(path).schema
     schema = StructType([f for f in inferred.fields if f.name != _CORRUPT] + [StructField(_CORRUPT, StringType())])
-    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT, **_JACKSON_LIMITS}
     parsed = F.from_json(F.col("value"), schema, options)
     blank = F.trim(F.col("value")) == ""
     _first_bad_line(spark, path, ~blank & (parsed.isNull() | parsed[_CORRUPT].isNotNull()), "not a JSON object")
@@ -141,6 +145,32 @@ def _read_qrels_text(spark: Any, path: str) -> Any:
     return _read_trec(spark, path, "qrels")
 
 
+def _read_parquet(spark: Any, path: str) -> Any:
+    """Parquet files, with every file's footer read now (``mergeSchema``).
+
+    Spark otherwise reads one footer for the schema and meets a corrupt or non-Parquet file
+    of a folder only at the first action, as a Java error. Here it is named at once.
+    """
+    try:
+        return spark.read.option("mergeSchema", "true").parquet(path)
+    except Exception as exc:  # noqa: BLE001 - Py4JJavaError: SparkException FAILED_READ_FILE.*
+        bad = _unreadable_file(exc)
+        if bad is None:
+            raise
+        raise InputError(f"{bad}: not a readable Parquet file (corrupt, truncated or another format); remove or replace it.") from None
+
+
+def _unreadable_file(exc: Exception) -> str | None:
+    """The file a Spark ``FAILED_READ_FILE`` error names, or None for any other error."""
+    error = getattr(exc, "java_exception", exc)  # Py4JJavaError wraps the SparkException
+    try:
+        if str(error.getCondition()).startswith("FAILED_READ_FILE"):
+            return str(error.getMessageParameters()["path"])
+    except Exception:  # noqa: BLE001 - not a SparkThrowable, or no path parameter
+        pass
+    return None
+
+
 def _read_delta(spark: Any, path: str) -> Any:
     from .session import has_spark_delta
 
@@ -169,7 +199,7 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
             return _read_qrels_text(spark, inner)
         return _read_jsonl(spark, inner)
     if fmt == "parquet":
-        return spark.read.parquet(path)
+        return _read_parquet(spark, path)
     if fmt == "delta":
         return _read_delta(spark, path)
     if fmt == "table":
