@@ -412,6 +412,55 @@ def test_executor_refuses_model_files_the_driver_did_not_fingerprint(spark, tiny
         score_pairs(pairs, settings).collect()
 
 
+@pytest.mark.parametrize("bad", ["two-labels", "custom-code", "cuda-without-cuda"])
+def test_bad_models_are_refused_before_any_executor_loads_one(spark, tiny_models, tmp_path, monkeypatch, bad):
+    """Issue 13, case 10: refused on the driver in one line, before Spark scores anything
+    (these were a wall of worker tracebacks)."""
+    import torch
+
+    from dear_udf.spark import udf
+    from dear_udf.spark.job import run_job
+    from dear_udf.testing import build_broken_model
+
+    def never(*args, **kwargs):
+        raise AssertionError("the scoring function was built: executors would load the model")
+
+    monkeypatch.setattr(udf, "make_scoring_function", never)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the driver is the local executor
+    data = write_inputs(tmp_path / "inputs", queries=2, docs=5, per_query=2)
+    model, device = tiny_models["index227"], "cuda"
+    if bad != "cuda-without-cuda":
+        model, device = build_broken_model(model, tmp_path / bad, bad), "cpu"
+    config = _config(data["paths"], model, tmp_path / "out", model={"model": str(model), "device": device})
+    with pytest.raises(ModelLoadError) as info:
+        run_job(config, spark=spark)
+    message = str(info.value)
+    assert "\n" not in message
+    assert {"two-labels": "num_labels is 2", "custom-code": "custom code", "cuda-without-cuda": "device 'cuda': CUDA is not available"}[bad] in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_refusal_reaches_the_driver_in_one_line(spark, tiny_models):
+    """Where only the executors can tell (a cluster whose driver has no GPU), their refusal
+    is re-raised on the driver as the worker's own error, not as a Java traceback."""
+    from dear_udf.layout import Layout
+    from dear_udf.model import ModelSpec
+    from dear_udf.spark.udf import ScoringSettings, score_pairs, worker_errors
+
+    pairs = spark.createDataFrame(
+        [("q", "d", "a query", "", "a text", 1, 1.0)],
+        "query_id string, doc_id string, query string, title string, text string, first_stage_rank int, first_stage_score double",
+    )
+    settings = ScoringSettings(spec=ModelSpec(model=str(tiny_models["index227"]), device="cuda:99"), layout=Layout())
+    with pytest.raises(ModelLoadError, match=r"^device 'cuda:99': ") as info:
+        with worker_errors():
+            score_pairs(pairs, settings).count()
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+    with pytest.raises(ZeroDivisionError):  # other errors pass through unchanged
+        with worker_errors():
+            1 / 0
+
+
 def test_model_code_shipped_with_the_weights_never_runs(tiny_models, tmp_path):
     from dear_udf.model import ModelSpec, load_model
 

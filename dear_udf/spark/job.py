@@ -77,10 +77,10 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from ..model import inspect_model
+    from ..model import check_device, inspect_model
     from . import faults, read, stages
-    from .session import get_session
-    from .udf import CounterParam, ScoringSettings, score_pairs
+    from .session import executors_on_this_machine, get_session
+    from .udf import CounterParam, ScoringSettings, score_pairs, worker_errors
     from .write import write_output
 
     started = time.perf_counter()
@@ -98,6 +98,8 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
     }
 
     spark = spark or get_session(master=config.master, conf=config.spark_conf, arrow_batch_size=config.arrow_batch_size)
+    if executors_on_this_machine(spark):  # else only the executors can tell, when they load
+        check_device(config.model.device)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_size))
     injected = faults.setting() or spark.sparkContext.environment.get(faults.ENV)
     if injected:  # tests only: a run with injected faults says so
@@ -147,7 +149,8 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
             )
             scored = score_pairs(pairs, settings, counters).persist(StorageLevel.MEMORY_AND_DISK)
             persisted.append(scored)
-            summary.pairs_scored = scored.count()
+            with worker_errors():  # a worker's refusal (no CUDA there, other files) in one line
+                summary.pairs_scored = scored.count()
             stats = counters.value
             summary.model_loads = int(stats.get("model_loads", 0))
             summary.oom_splits = int(stats.get("oom_splits", 0))
