@@ -6,8 +6,10 @@ BEIR folders. The format is inferred from the path (``io.formats.infer_format``)
 
 Text files, JSON Lines included, are decoded as UTF-8 with invalid bytes replaced by U+FFFD
 (Spark's text reader does this; the local readers do the same), and the job counts such
-texts. Malformed lines (a TREC line without six fields, a TSV line without a tab, a JSON
-line that is not an object) stop the run before scoring, naming the file and the line.
+texts. Their lines end at ``\\n`` only, as in the local readers (``_lines``). Malformed lines
+(a TREC line without six fields, a TSV line without a tab, a JSON line that is not an
+object) stop the run before scoring, naming the file and the line, and so does a Parquet
+file that cannot be read (``_read_parquet``).
 """
 
 from __future__ import annotations
