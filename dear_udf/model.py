@@ -136,23 +136,208 @@ def resolve_dir(name_or_path: str, spec: ModelSpec, revision: str | None = None)
         raise ModelLoadError(f"{name_or_path}: could not resolve model ({type(exc).__name__}: {exc}).") from exc
 
 
-def _weight_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin"))
+# The weight files transformers and PEFT look for, in their order of preference
+# (transformers' ``_get_resolved_checkpoint_files``, PEFT's ``load_peft_weights``).
+MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+ADAPTER_CONFIG = "adapter_config.json"
+# Config and tokenizer files, read from the top level of a folder.
+_SMALL_FILES = (".json", ".txt", ".model", ".tiktoken")
 
 
-def _check_weights(directory: Path, spec: ModelSpec, what: str) -> None:
-    files = _weight_files(directory)
-    has_safe = any(p.suffix == ".safetensors" for p in files)
-    has_pickle = any(p.suffix == ".bin" for p in files)
-    if not files:
-        raise ModelLoadError(f"{directory}: no weight files (*.safetensors) found for the {what}.")
-    if not has_safe and has_pickle and not spec.allow_pickle:
-        names = ", ".join(p.name for p in files)
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+        raise ModelLoadError(f"{path}: unreadable {what} ({exc}).") from exc
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{path}: the {what} is not a JSON object.")
+    return value
+
+
+def _shards(directory: Path, index: Path) -> list[Path]:
+    """Every file an index's ``weight_map`` names, as transformers joins it to the folder."""
+    weight_map = _read_json(index, "weight index").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelLoadError(f"{index}: holds no weight_map.")
+    shards = [directory / str(name) for name in sorted({str(v) for v in weight_map.values()})]
+    missing = [str(p) for p in shards if not p.is_file()]
+    if missing:
+        raise ModelLoadError(f"{index}: names weight file(s) that do not exist: {missing[:3]}.")
+    return shards
+
+
+def _weight_files(directory: Path, names: tuple[str, ...], *, allow_pickle: bool, what: str) -> list[Path]:
+    """The weight files loading ``directory`` reads: the first of ``names`` present, and the
+    shards it names when it is an index. A pickle file is refused here, before anything
+    opens it, unless ``allow_pickle``."""
+    chosen = next((directory / name for name in names if (directory / name).is_file()), None)
+    if chosen is None:
+        raise ModelLoadError(f"{directory}: no weight files ({', '.join(names)}) found for the {what}.")
+    files = [chosen] + (_shards(directory, chosen) if chosen.name.endswith(".index.json") else [])
+    pickles = [os.path.relpath(p, directory) for p in files if p.suffix not in (".safetensors", ".json")]
+    if pickles and not allow_pickle:
         raise ModelLoadError(
-            f"{directory}: the {what} has only pickle weights ({names}); pickle files can run "
-            "code when loaded. Convert them to safetensors, or opt in with allow_pickle=True "
-            "(--allow-pickle)."
+            f"{directory}: the {what} would load pickle weights ({', '.join(pickles)}); pickle files can run "
+            "code when loaded. Convert them to safetensors, or opt in with allow_pickle=True (--allow-pickle)."
         )
+    return files
+
+
+def _model_weight_names(config_path: Path, config: dict[str, Any]) -> tuple[str, ...]:
+    # transformers loads the file config.json names in "transformers_weights", if any.
+    explicit = config.get("transformers_weights")
+    if explicit is None:
+        return MODEL_WEIGHTS
+    if not isinstance(explicit, str) or not explicit:
+        raise ModelLoadError(f"{config_path}: transformers_weights must name a file, got {explicit!r}.")
+    return (explicit,)
+
+
+def _tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Name -> shape of every tensor in a weight file, without reading the tensors of a
+    safetensors file (only its header). A ``.bin`` file is unpickled: call it only for
+    files the caller accepted as pickle."""
+    if path.suffix != ".safetensors":
+        import torch
+
+        return {k: list(v.shape) for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: list(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    except Exception as exc:  # noqa: BLE001 - SafetensorError: not a safetensors file
+        raise ModelLoadError(f"{path}: not a readable safetensors file ({exc}).") from exc
+
+
+def _score_tensors(files: list[Path]) -> dict[str, list[int]]:
+    """Name -> shape of the tensors of the ``score`` head (its weight, bias, LoRA factors)."""
+    found: dict[str, list[int]] = {}
+    for path in files:
+        if path.suffix != ".json":
+            found.update((k, shape) for k, shape in _tensor_shapes(path).items() if ".score." in f".{k}")
+    return found
+
+
+def _check_head(directory: Path, weights: list[Path], *, what: str) -> None:
+    """Refuse weights without a one-label ``score`` head: a missing head would be random."""
+    tensors = _score_tensors(weights)
+    if not tensors:
+        raise ModelLoadError(
+            f"{directory}: the {what} holds no 'score' head weights (an adapter saved without "
+            "task_type=SEQ_CLS, or a base model without its adapter?); its relevance head would be "
+            "randomly initialised."
+        )
+    outputs = [shape[0] for k, shape in tensors.items() if f".{k}".endswith(".score.weight") and shape]
+    if any(n != 1 for n in outputs):
+        raise ModelLoadError(f"{directory}: the {what}'s 'score' head has {max(outputs)} outputs; a DeAR reranker has one (num_labels=1).")
+
+
+def _check_config(path: Path, config: dict[str, Any]) -> None:
+    """Refuse what executors could only fail on, in words: an architecture transformers does
+    not know (the code shipped with a model is never run) or other than one label."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if model_type in CONFIG_MAPPING_NAMES and model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise ModelLoadError(f"{path}: model_type {model_type!r} has no sequence-classification class in transformers.")
+    if model_type not in CONFIG_MAPPING_NAMES:
+        asks = " (its auto_map asks for it)" if "auto_map" in config else ""
+        raise ModelLoadError(
+            f"{path}: model_type {model_type!r} is not an architecture transformers knows, so it needs the custom code "
+            f"shipped with the model{asks}; such code is never run (trust_remote_code=False)."
+        )
+    id2label = config.get("id2label")
+    labels = len(id2label) if isinstance(id2label, dict) else config.get("num_labels", 1)
+    if labels != 1:
+        raise ModelLoadError(f"{path}: num_labels is {labels} (num_labels/id2label); a DeAR reranker gives one relevance score, num_labels=1.")
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model's local folders and every file loading it reads: what the fingerprint covers."""
+
+    base_dir: Path
+    adapter_dir: Path | None
+    read: tuple[tuple[Path, tuple[Path, ...]], ...]  # (folder, the files read from it)
+
+
+def _files_read(directory: Path, weights: list[Path]) -> tuple[Path, tuple[Path, ...]]:
+    small = [p for p in directory.iterdir() if p.is_file() and p.suffix in _SMALL_FILES]
+    return directory, tuple(sorted(set(small) | set(weights)))
+
+
+def _resolve_adapter(spec: ModelSpec) -> tuple[Path, list[Path], str]:
+    """The adapter's folder, its weight files (checked) and the name of its base model."""
+    assert spec.adapter is not None
+    adapter_dir = resolve_dir(spec.adapter, spec, spec.revision)
+    config_path = adapter_dir / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise ModelLoadError(f"{adapter_dir}: {ADAPTER_CONFIG} not found; is this a PEFT adapter?")
+    config = _read_json(config_path, "adapter config")
+    weights = _weight_files(adapter_dir, ADAPTER_WEIGHTS, allow_pickle=spec.allow_pickle, what="adapter")
+    _check_head(adapter_dir, weights, what="adapter")
+    base_name = spec.model or config.get("base_model_name_or_path")
+    if not base_name:
+        raise ModelLoadError(f"{config_path}: names no base_model_name_or_path; pass the base with --model.")
+    return adapter_dir, weights, str(base_name)
+
+
+def _base_weights(base_dir: Path, spec: ModelSpec) -> list[Path]:
+    """The checked config and the weight files of the base (or full) model."""
+    config_path = base_dir / "config.json"
+    config = _read_json(config_path, "model config")
+    _check_config(config_path, config)
+    names = _model_weight_names(config_path, config)
+    weights = _weight_files(base_dir, names, allow_pickle=spec.allow_pickle, what="model")
+    if (base_dir / ADAPTER_CONFIG).is_file():
+        # transformers applies an adapter it finds beside config.json: its weights are read too.
+        weights += _weight_files(base_dir, ADAPTER_WEIGHTS, allow_pickle=spec.allow_pickle, what="adapter beside the model")
+    return weights
+
+
+def resolve_model_files(spec: ModelSpec) -> ModelFiles:
+    """Resolve and check a model's folders, and list every file loading them reads.
+
+    The adapter's base comes from its ``adapter_config.json`` unless ``spec.model`` is set.
+    Refused here, before any weights are read: pickle weights without ``allow_pickle``, an
+    architecture transformers does not know, other than one label, and weights without a
+    ``score`` head (the adapter's, or a full model's; a pickled full model is checked
+    when it loads).
+    """
+    adapter_dir, adapter_weights, base_name = None, [], spec.model
+    if spec.adapter:
+        adapter_dir, adapter_weights, base_name = _resolve_adapter(spec)
+    assert base_name is not None
+    # A revision pin applies to the model fetched by id: the adapter when there is one.
+    base_dir = resolve_dir(base_name, spec, None if spec.adapter else spec.revision)
+    weights = _base_weights(base_dir, spec)
+    if adapter_dir is None and all(p.suffix in (".safetensors", ".json") for p in weights):  # never unpickle a whole model here
+        _check_head(base_dir, weights, what="model")
+    read = [_files_read(base_dir, weights)] + ([_files_read(adapter_dir, adapter_weights)] if adapter_dir else [])
+    return ModelFiles(base_dir=base_dir, adapter_dir=adapter_dir, read=tuple(read))
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a CUDA device this machine cannot give, before any weights are read.
+
+    Runs where the model will run: in ``load_model`` on executors, and on the driver
+    when the executors are this machine (local mode).
+    """
+    if not device or not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}); "
+            "use --device cpu, or run where the executors have GPUs."
+        )
+    index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+    if index >= count:
+        raise ModelLoadError(f"device {device!r}: this machine has {count} CUDA device(s).")
 
 
 def _revision_of(directory: Path, requested: str | None) -> str | None:
@@ -162,90 +347,36 @@ def _revision_of(directory: Path, requested: str | None) -> str | None:
     return requested
 
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+def _sha256(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:  # follows symlinks: the content is hashed, never a name
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.digest()
 
 
-def fingerprint_files(directories: list[Path]) -> tuple[str, list[str]]:
-    """SHA-256 over the names and contents of the config, tokenizer and weight files.
+def fingerprint_files(read: tuple[tuple[Path, tuple[Path, ...]], ...]) -> tuple[str, list[str]]:
+    """SHA-256 over the names (relative to their folder) and the contents of ``read``.
 
-    Files in a hub cache are symlinks to blobs named by their SHA-256; that name is used
-    instead of rereading gigabytes.
+    ``read`` is ``ModelFiles.read``: the config and tokenizer files and exactly the weight
+    files loading reads (an index's shards, in subfolders too). Every file's content is
+    hashed through symlinks; a hub-cache blob's name is not trusted to be its hash, as
+    any link can point at a file named by 64 hex characters.
     """
     digest = hashlib.sha256()
     names: list[str] = []
-    for directory in directories:
-        for path in sorted(directory.iterdir()):
-            if not path.is_file() or path.suffix not in (".json", ".safetensors", ".bin", ".txt", ".model", ".tiktoken"):
-                continue
+    for directory, files in read:
+        for path in files:
             names.append(str(path))
-            digest.update(path.name.encode())
-            target = path.resolve()
-            if _HEX64.fullmatch(target.name):
-                digest.update(target.name.encode())
-                continue
-            file_digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 22), b""):
-                    file_digest.update(chunk)
-            digest.update(file_digest.digest())
+            digest.update(Path(os.path.relpath(path, directory)).as_posix().encode())
+            digest.update(_sha256(path))
     return digest.hexdigest(), names
-
-
-def _adapter_has_score_head(adapter_dir: Path) -> bool:
-    from safetensors import safe_open
-
-    files = sorted(adapter_dir.glob("adapter_model*.safetensors"))
-    for path in files:
-        with safe_open(str(path), framework="pt") as handle:
-            if any(".score." in f".{k}" or k.endswith("score.weight") for k in handle.keys()):
-                return True
-    for path in sorted(adapter_dir.glob("adapter_model*.bin")):
-        import torch
-
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if any("score" in k for k in state):
-            return True
-    return False
 
 
 def _torch_dtype(name: str):
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def resolve_model_dirs(spec: ModelSpec) -> tuple[Path, Path | None]:
-    """Local directories of the base (or full) model and of the adapter, checked.
-
-    The adapter's base comes from its ``adapter_config.json`` unless ``spec.model`` is set.
-    An adapter without ``score`` weights is refused: its head would be random.
-    """
-    adapter_dir: Path | None = None
-    base_name = spec.model
-    if spec.adapter:
-        adapter_dir = resolve_dir(spec.adapter, spec, spec.revision)
-        config_path = adapter_dir / "adapter_config.json"
-        if not config_path.is_file():
-            raise ModelLoadError(f"{adapter_dir}: adapter_config.json not found; is this a PEFT adapter?")
-        try:
-            adapter_config = json.loads(config_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(f"{config_path}: unreadable adapter config ({exc}).") from exc
-        _check_weights(adapter_dir, spec, "adapter")
-        if not _adapter_has_score_head(adapter_dir):
-            raise ModelLoadError(
-                f"{adapter_dir}: the adapter holds no 'score' head weights (saved without "
-                "task_type=SEQ_CLS?); its relevance head would be randomly initialised."
-            )
-        if base_name is None:
-            base_name = adapter_config.get("base_model_name_or_path")
-            if not base_name:
-                raise ModelLoadError(f"{config_path}: names no base_model_name_or_path; pass the base with --model.")
-    assert base_name is not None
-    # A revision pin applies to the model fetched by id: the adapter when there is one.
-    base_dir = resolve_dir(base_name, spec, None if spec.adapter else spec.revision)
-    _check_weights(base_dir, spec, "model")
-    return base_dir, adapter_dir
 
 
 def load_tokenizer(base_dir: Path, adapter_dir: Path | None = None) -> Any:
@@ -279,19 +410,22 @@ class ModelInfo:
 
 
 def inspect_model(spec: ModelSpec, layout: Any = None) -> ModelInfo:
-    """Resolve, check and fingerprint a model on the driver, loading only its tokenizer."""
+    """Resolve, check and fingerprint a model on the driver, loading only its tokenizer.
+
+    Everything an executor could refuse about the model files is refused here first
+    (``resolve_model_files``), so a bad model stops the run before Spark scores anything.
+    """
     from .layout import Layout, PairEncoder
 
-    base_dir, adapter_dir = resolve_model_dirs(spec)
-    dirs = [base_dir] + ([adapter_dir] if adapter_dir else [])
-    tokenizer = load_tokenizer(base_dir, adapter_dir)
+    found = resolve_model_files(spec)
+    tokenizer = load_tokenizer(found.base_dir, found.adapter_dir)
     layout = layout or Layout()
     encoder = PairEncoder(tokenizer, layout, pool_pad_id=None, pad_id=tokenizer.pad_token_id)
-    fingerprint, _ = fingerprint_files(dirs)
+    fingerprint, _ = fingerprint_files(found.read)
     return ModelInfo(
         spec=spec,
         fingerprint=fingerprint,
-        revision=_revision_of(adapter_dir or base_dir, spec.revision),
+        revision=_revision_of(found.adapter_dir or found.base_dir, spec.revision),
         char_cap=max(encoder.char_caps),
     )
 
@@ -328,8 +462,9 @@ def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
     hf_logging.disable_progress_bar()  # one bar per executor load only clutters job logs
     start = time.perf_counter()
     device = device or spec.device or "cpu"
-    base_dir, adapter_dir = resolve_model_dirs(spec)
-    dirs = [base_dir] + ([adapter_dir] if adapter_dir else [])
+    check_device(device)
+    found = resolve_model_files(spec)
+    base_dir, adapter_dir = found.base_dir, found.adapter_dir
     common = {"local_files_only": True, "trust_remote_code": False}
     tokenizer = load_tokenizer(base_dir, adapter_dir)
 
@@ -368,7 +503,7 @@ def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"{base_dir}: could not move the model to {device}: {exc}") from exc
 
-    fingerprint, files = fingerprint_files(dirs)
+    fingerprint, files = fingerprint_files(found.read)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

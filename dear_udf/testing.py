@@ -11,6 +11,8 @@ sequence classifier with one label is initialised from a seed. Two pooling varia
 ``build_lora_adapter`` saves a PEFT LoRA adapter (``task_type=SEQ_CLS``, non-zero init) over
 such a model, the shape of ``dear-3b-reranker-ce-lora-v1``.
 
+``build_broken_model`` copies such a model broken one way, for the refusals of ``model.py``.
+
 Example:
     >>> paths = build_tiny_dear("/tmp/tiny", pooling="index227")
     >>> adapter = build_lora_adapter(paths, "/tmp/tiny-lora")
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 Pooling = Literal["index227", "last"]
+Broken = Literal["two-labels", "two-rows", "custom-code", "no-head"]
 
 BOS = "<|begin_of_text|>"
 EOS = "<|end_of_text|>"
@@ -198,4 +201,39 @@ def build_lora_adapter(
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = str(Path(base_dir).resolve())
     cfg_path.write_text(json.dumps(cfg, indent=2))
+    return directory
+
+
+def build_broken_model(source: str | Path, directory: str | Path, kind: Broken) -> Path:
+    """Copy the model at ``source`` to ``directory``, broken one way; returns ``directory``.
+
+    - ``"two-labels"``: saved as ``LlamaForSequenceClassification(num_labels=2)`` would be;
+    - ``"two-rows"``: the config says one label, the score head has two outputs;
+    - ``"custom-code"``: a ``model_type`` transformers does not know, with an ``auto_map`` to
+      shipped code that exits the process if it ever runs;
+    - ``"no-head"``: no ``score`` weights, as a base language model.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    if kind not in ("two-labels", "two-rows", "custom-code", "no-head"):
+        raise ValueError(f"kind must be one of two-labels, two-rows, custom-code, no-head; got {kind!r}.")
+    directory = Path(directory)
+    shutil.copytree(source, directory)
+    config = json.loads((directory / "config.json").read_text())
+    state = load_file(str(directory / "model.safetensors"))
+    if kind == "two-labels":
+        config["id2label"] = {"0": "LABEL_0", "1": "LABEL_1"}
+        config["label2id"] = {"LABEL_0": 0, "LABEL_1": 1}
+    if kind in ("two-labels", "two-rows"):
+        state["score.weight"] = state["score.weight"].repeat(2, 1)
+    elif kind == "custom-code":
+        config["model_type"] = "custom-llama"
+        config["auto_map"] = {"AutoModelForSequenceClassification": "modeling_custom.M"}
+        (directory / "modeling_custom.py").write_text("raise SystemExit('shipped code ran')\n")
+    elif kind == "no-head":
+        del state["score.weight"]
+    (directory / "config.json").write_text(json.dumps(config))
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory

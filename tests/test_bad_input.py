@@ -219,13 +219,36 @@ def test_missing_ranks_become_positions_after_the_ranked_candidates(bad_run):
     _, rows, _ = bad_run
     by = {(r[S.QUERY_ID], r[S.DOC_ID]): r for r in rows}
     # q1's first-stage order: ranks 1..5, 8, 9, 10 first, then the unranked by score
-    # (d6 at 5.0, then d7 whose NaN score is missing): positions 9 and 10.
-    assert by[("q1", "d6")][S.FIRST_STAGE_RANK] == 9
-    assert by[("q1", "d7")][S.FIRST_STAGE_RANK] == 10
+    # (d6 at 5.0, then d7 whose NaN score is missing). They rank after the largest rank,
+    # 10: their positions, 9 and 10, would tie with the real ranks 9 and 10.
+    assert by[("q1", "d6")][S.FIRST_STAGE_RANK] == 11
+    assert by[("q1", "d7")][S.FIRST_STAGE_RANK] == 12
     assert by[("q1", "d2")][S.FIRST_STAGE_RANK] == 2
     assert by[("q1", "d7")][S.FIRST_STAGE_SCORE] is None  # NaN is written as null
     assert by[("q1", "d8")][S.FIRST_STAGE_SCORE] is None
     assert by[("q1", "d1")][S.FIRST_STAGE_RANK] == 1  # the duplicate at rank 11 was dropped
+
+
+def test_a_missing_rank_sorts_after_every_real_rank_of_its_query(spark):
+    """Ranks 1, 5, 100 and a missing one: the missing one is 101 (its position, 4, would
+    put it ahead of 5 and 100) in the output, the tie-breaks and the first-stage metrics."""
+    from pyspark.sql import functions as F
+
+    from dear_udf.spark.stages import DROP_REASON, candidate_status, top_k
+
+    candidates = spark.createDataFrame(
+        [("q", "a", 1, None), ("q", "b", 5, None), ("q", "c", 100, None), ("q", "x", None, None), ("r", "y", None, 2.0), ("r", "z", None, 1.0)],
+        "query_id string, doc_id string, first_stage_rank int, first_stage_score double",
+    )
+    queries = spark.createDataFrame([("q", "a query"), ("r", "another")], "query_id string, query string")
+    corpus = spark.createDataFrame([(d, None, "text " + d) for d in "abcxyz"], "doc_id string, title string, text string")
+    status = candidate_status(candidates, queries, corpus, depth=10)
+    ranks = {r[S.DOC_ID]: r[S.FIRST_STAGE_RANK] for r in status.collect()}
+    assert ranks == {"a": 1, "b": 5, "c": 100, "x": 101, "y": 1, "z": 2}  # no rank at all: the position
+    # Equal scores: the tie-break follows the first-stage rank, so x comes last.
+    scored = status.filter(status[DROP_REASON].isNull()).drop(DROP_REASON).withColumn(S.SCORE, F.lit(0.5))
+    top = top_k(scored.filter(scored[S.QUERY_ID] == "q"), k=4, run_id="r", model="m").orderBy(S.RANK).collect()
+    assert [(r[S.DOC_ID], r[S.FIRST_STAGE_RANK]) for r in top] == [("a", 1), ("b", 5), ("c", 100), ("x", 101)]
 
 
 def test_scores_equal_the_core_for_every_awkward_row(bad_run, core):
@@ -387,6 +410,55 @@ def test_executor_refuses_model_files_the_driver_did_not_fingerprint(spark, tiny
     settings = ScoringSettings(spec=ModelSpec(model=str(tiny_models["index227"])), layout=Layout(), expected_fingerprint="0" * 64)
     with pytest.raises(Exception, match=r"fingerprint .* the driver saw 0000000000000000"):
         score_pairs(pairs, settings).collect()
+
+
+@pytest.mark.parametrize("bad", ["two-labels", "custom-code", "cuda-without-cuda"])
+def test_bad_models_are_refused_before_any_executor_loads_one(spark, tiny_models, tmp_path, monkeypatch, bad):
+    """Issue 13, case 10: refused on the driver in one line, before Spark scores anything
+    (these were a wall of worker tracebacks)."""
+    import torch
+
+    from dear_udf.spark import udf
+    from dear_udf.spark.job import run_job
+    from dear_udf.testing import build_broken_model
+
+    def never(*args, **kwargs):
+        raise AssertionError("the scoring function was built: executors would load the model")
+
+    monkeypatch.setattr(udf, "make_scoring_function", never)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the driver is the local executor
+    data = write_inputs(tmp_path / "inputs", queries=2, docs=5, per_query=2)
+    model, device = tiny_models["index227"], "cuda"
+    if bad != "cuda-without-cuda":
+        model, device = build_broken_model(model, tmp_path / bad, bad), "cpu"
+    config = _config(data["paths"], model, tmp_path / "out", model={"model": str(model), "device": device})
+    with pytest.raises(ModelLoadError) as info:
+        run_job(config, spark=spark)
+    message = str(info.value)
+    assert "\n" not in message
+    assert {"two-labels": "num_labels is 2", "custom-code": "custom code", "cuda-without-cuda": "device 'cuda': CUDA is not available"}[bad] in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_refusal_reaches_the_driver_in_one_line(spark, tiny_models):
+    """Where only the executors can tell (a cluster whose driver has no GPU), their refusal
+    is re-raised on the driver as the worker's own error, not as a Java traceback."""
+    from dear_udf.layout import Layout
+    from dear_udf.model import ModelSpec
+    from dear_udf.spark.udf import ScoringSettings, score_pairs, worker_errors
+
+    pairs = spark.createDataFrame(
+        [("q", "d", "a query", "", "a text", 1, 1.0)],
+        "query_id string, doc_id string, query string, title string, text string, first_stage_rank int, first_stage_score double",
+    )
+    settings = ScoringSettings(spec=ModelSpec(model=str(tiny_models["index227"]), device="cuda:99"), layout=Layout())
+    with pytest.raises(ModelLoadError, match=r"^device 'cuda:99': ") as info:
+        with worker_errors():
+            score_pairs(pairs, settings).count()
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+    with pytest.raises(ZeroDivisionError):  # other errors pass through unchanged
+        with worker_errors():
+            1 / 0
 
 
 def test_model_code_shipped_with_the_weights_never_runs(tiny_models, tmp_path):

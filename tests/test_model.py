@@ -17,7 +17,7 @@ from dear_udf.reference import DearReference
 from dear_udf.exceptions import ModelLoadError
 from dear_udf.model import ModelSpec, load_model
 from dear_udf.scorer import Scorer
-from dear_udf.testing import EOS, vocabulary
+from dear_udf.testing import EOS, build_broken_model, vocabulary
 
 # bf16 weights and activations (score head in fp32) against the fp32 reference. Measured
 # on the tiny model: max |diff| 0.021 for scores spread over about [-1.8, 1.0] (std 0.53);
@@ -132,6 +132,94 @@ def test_pickle_only_weights_refused_unless_allowed(tiny_models, base, tmp_path)
     assert any(f.endswith("pytorch_model.bin") for f in loaded.files)
 
 
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """torch.load (unpickling) fails the test if anything calls it."""
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"torch.load was called on {args[:1]}")
+
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+def test_adapter_pickle_is_refused_before_it_is_opened(tiny_models, tmp_path, no_unpickling):
+    """Issue 13, case 8: without --allow-pickle no .bin file is opened, not even with
+    torch.load(weights_only=True) to look for the score head."""
+    from safetensors.torch import load_file
+
+    source = tiny_models["index227-lora"]
+    state = load_file(str(source / "adapter_model.safetensors"))
+    pickled = tmp_path / "pickled-lora"
+    pickled.mkdir()
+    shutil.copy(source / "adapter_config.json", pickled)
+    (pickled / "adapter_model.bin").write_bytes(b"never opened")
+    with pytest.raises(ModelLoadError) as info:
+        load_model(ModelSpec(model=None, adapter=str(pickled)))
+    assert str(pickled) in str(info.value) and "adapter_model.bin" in str(info.value) and "--allow-pickle" in str(info.value)
+
+    # A head-less safetensors adapter beside a .bin: PEFT would load the safetensors file,
+    # so that is the one checked; the .bin is not opened, with or without --allow-pickle.
+    headless = tiny_models["no-head-lora"]
+    mixed = tmp_path / "mixed-lora"
+    shutil.copytree(headless, mixed)
+    (mixed / "adapter_model.bin").write_bytes(b"never opened")
+    for allow_pickle in (False, True):
+        with pytest.raises(ModelLoadError, match=f"{mixed}: the adapter holds no 'score' head weights"):
+            load_model(ModelSpec(model=None, adapter=str(mixed), allow_pickle=allow_pickle))
+    assert any(k.endswith("score.weight") for k in state)  # the source adapter had one
+
+
+def test_adapter_beside_config_json_is_checked_and_fingerprinted(tiny_models, tmp_path, no_unpickling):
+    """transformers applies an adapter it finds beside config.json: its weights are read,
+    so they are fingerprinted, and a pickled one is refused without --allow-pickle."""
+    model = tmp_path / "embedded"
+    shutil.copytree(tiny_models["index227"], model)
+    plain = load_model(ModelSpec(model=str(model))).fingerprint
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(tiny_models["index227-lora"] / name, model / name)
+    embedded = load_model(ModelSpec(model=str(model))).fingerprint
+    _nudge_score_head(model / "adapter_model.safetensors")
+    assert len({plain, embedded, load_model(ModelSpec(model=str(model))).fingerprint}) == 3
+    (model / "adapter_model.safetensors").unlink()
+    (model / "adapter_model.bin").write_bytes(b"never opened")
+    with pytest.raises(ModelLoadError, match=r"adapter beside the model would load pickle weights \(adapter_model\.bin\).*--allow-pickle"):
+        load_model(ModelSpec(model=str(model)))
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("two-labels", r"config\.json: num_labels is 2 \(num_labels/id2label\); a DeAR reranker gives one relevance score"),
+        ("two-rows", r"two-rows: the model's 'score' head has 2 outputs; a DeAR reranker has one"),
+        ("custom-code", r"config\.json: model_type 'custom-llama' is not an architecture transformers knows, so it needs the custom code shipped with the model \(its auto_map asks for it\)"),
+        ("no-head", r"no-head: the model holds no 'score' head weights"),
+    ],
+)
+def test_bad_models_are_refused_on_the_driver(tiny_models, tmp_path, kind, message):
+    """Issue 13, case 10: inspect_model (the driver, no weights loaded) refuses them in one line."""
+    from dear_udf.model import inspect_model
+
+    model = build_broken_model(tiny_models["index227"], tmp_path / kind, kind)
+    for check in (inspect_model, load_model):
+        with pytest.raises(ModelLoadError, match=message) as info:
+            check(ModelSpec(model=str(model)))
+        assert "\n" not in str(info.value)
+
+
+def test_cuda_without_cuda_is_refused_before_loading(tiny_models, monkeypatch):
+    import torch
+
+    from dear_udf.model import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check_device("cpu")
+    check_device(None)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ModelLoadError, match=f"device '{device}': CUDA is not available on this machine"):
+            load_model(ModelSpec(model=str(tiny_models["index227"]), device=device))
+
+
 @pytest.mark.parametrize("path", ["/no/such/dear-model", "./no-such-dear-model", "~/no-such-dear-model"])
 def test_missing_model_path_is_named(path):
     with pytest.raises(ModelLoadError, match=f"{path}: no such directory"):
@@ -207,6 +295,67 @@ def test_fingerprint_is_stable_and_tracks_weights(tiny_models, base, tmp_path):
     config["pad_token_id"] = config["eos_token_id"]
     (copy / "config.json").write_text(json.dumps(config))
     assert load_model(ModelSpec(model=str(copy))).fingerprint != before
+
+
+def _nudge_score_head(weights: Path) -> None:
+    """Rewrite a safetensors file with its score head moved: the scores change."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(weights))
+    name = next(k for k in state if k.endswith("score.weight"))
+    state[name] = state[name] + 0.5
+    save_file(state, str(weights), metadata={"format": "pt"})
+
+
+def _scores_and_fingerprints(path: Path) -> tuple[np.ndarray, str, str]:
+    """Scores and fingerprint of the loaded model, and the fingerprint the driver computes."""
+    from dear_udf.model import inspect_model
+
+    loaded = load_model(ModelSpec(model=str(path)))
+    return reference_scores(loaded, QUERIES[:8], None, TEXTS[:8]), loaded.fingerprint, inspect_model(ModelSpec(model=str(path))).fingerprint
+
+
+def test_fingerprint_follows_the_weight_index_into_subfolders(tiny_models, tmp_path):
+    """Issue 13, case 6: weights in a subfolder named by model.safetensors.index.json, a
+    dummy file at the top level. The fingerprint must change with the weights loaded."""
+    from safetensors.torch import load_file
+
+    model = tmp_path / "sharded"
+    shutil.copytree(tiny_models["index227"], model)
+    state = load_file(str(model / "model.safetensors"))
+    (model / "model.safetensors").rename(model / "dummy.safetensors")  # never loaded
+    (model / "weights").mkdir()
+    shutil.copy(model / "dummy.safetensors", model / "weights" / "shard-1.safetensors")
+    index = {"metadata": {}, "weight_map": {k: "weights/shard-1.safetensors" for k in state}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    before, fingerprint, on_driver = _scores_and_fingerprints(model)
+    assert fingerprint == on_driver
+    _nudge_score_head(model / "weights" / "shard-1.safetensors")
+    after, changed, on_driver = _scores_and_fingerprints(model)
+    assert float(np.max(np.abs(after - before))) > 1e-2  # the subfolder's weights were loaded
+    assert changed != fingerprint and changed == on_driver
+    # The dummy top-level file is not read, so it is not fingerprinted either.
+    _nudge_score_head(model / "dummy.safetensors")
+    assert _scores_and_fingerprints(model)[1] == changed
+
+
+def test_fingerprint_hashes_the_content_behind_a_symlink(tiny_models, tmp_path):
+    """Issue 13, case 6: model.safetensors a link to a file named by 64 hex characters, as in
+    a hub cache. The name is not trusted to be the content's hash."""
+    model = tmp_path / "linked"
+    shutil.copytree(tiny_models["index227"], model)
+    blob = tmp_path / "blobs" / ("ab" * 32)
+    blob.parent.mkdir()
+    (model / "model.safetensors").rename(blob)
+    (model / "model.safetensors").symlink_to(blob)
+
+    before, fingerprint, _ = _scores_and_fingerprints(model)
+    assert fingerprint == load_model(ModelSpec(model=str(tiny_models["index227"]))).fingerprint  # content, not location
+    _nudge_score_head(blob)
+    after, changed, on_driver = _scores_and_fingerprints(model)
+    assert float(np.max(np.abs(after - before))) > 1e-2
+    assert changed != fingerprint and changed == on_driver
 
 
 # -- dtypes ------------------------------------------------------------------------------

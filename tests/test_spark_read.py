@@ -67,6 +67,31 @@ def test_invalid_utf8_becomes_replacement_character(spark, files):
     assert rows["9"] == " tabbed\tmore"
 
 
+def test_bare_cr_inside_a_tsv_text_stays_in_the_text(spark, tmp_path):
+    """200 lines, one text holding a bare CR and some CRLF endings: 200 rows in both readers,
+    the text whole (Spark's default line reader splits at the CR: 201 rows, a phantom id)."""
+    from dear_udf.spark.read import read_input
+
+    lines = [f"d{i}\ttext {i}".encode() + (b"\r\n" if i % 3 == 0 else b"\n") for i in range(200)]
+    lines[7] = b"d7\tbefore\rd-phantom\tafter\n"
+    lines[8] = b"d8\tends in a bare cr\r\r\n"  # only the CR of the CRLF ending is dropped
+    path = tmp_path / "collection.tsv"
+    path.write_bytes(b"".join(lines))
+    columns = ("doc_id", "title", "text")
+    spark_rows = _rows(read_input(spark, InputSpec(str(path)), "corpus").toArrow(), columns)
+    assert spark_rows == _rows(formats.read_corpus(InputSpec(str(path))), columns)
+    assert len(spark_rows) == 200
+    texts = {r[0]: r[2] for r in spark_rows}
+    assert texts["d7"] == "before\rd-phantom\tafter"
+    assert texts["d8"] == "ends in a bare cr\r"
+    assert texts["d0"] == "text 0" and texts["d199"] == "text 199"
+    # Line numbers count the same lines: the bad line is line 2, not 3.
+    path.write_bytes(b"d1\tone\rmore\nno tab here\n")
+    for read in (lambda spec: read_input(spark, spec, "corpus"), formats.read_corpus):
+        with pytest.raises(InputError, match=r"collection\.tsv(:|,) line 2"):
+            read(InputSpec(str(path)))
+
+
 def test_malformed_trec_line_names_file_and_line(spark, files):
     from dear_udf.spark.read import read_input
 
@@ -98,3 +123,36 @@ def test_catalog_table_is_read_by_name(spark, tmp_path):
             read_input(spark, InputSpec("default.no_such_table"), "queries")
     finally:
         spark.sql("DROP TABLE IF EXISTS default.dear_test_queries")
+
+
+def test_corrupt_parquet_file_in_a_folder_is_named(spark, tmp_path):
+    """One line naming the file, when the input is read: not a Java error at the first action."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dear_udf.spark.read import read_input
+
+    folder = tmp_path / "candidates"
+    folder.mkdir()
+    pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["d"], "rank": [1]}), folder / "part-0.parquet")
+    (folder / "part-1.parquet").write_bytes(b"PAR1" + b"not parquet at all" * 10)
+    spec = InputSpec(str(folder))
+    with pytest.raises(InputError) as info:
+        read_input(spark, spec, "candidates")
+    message = str(info.value)
+    assert message.endswith("part-1.parquet: not a readable Parquet file (corrupt, truncated or another format); remove or replace it.")
+    assert "\n" not in message
+    with pytest.raises(InputError, match=r"part-1\.parquet"):
+        formats.read_candidates(spec)
+
+
+def test_jsonl_text_over_20_million_characters_is_read(spark, tmp_path):
+    """Jackson's default limit (20,000,000 characters per string) made this 'not a JSON object'."""
+    from dear_udf.spark.read import read_input
+
+    size = 21_000_000
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"doc_id": "a", "text": "short"}) + "\n" + json.dumps({"doc_id": "big", "text": "x" * size}) + "\n")
+    spark_rows = {r["doc_id"]: len(r["text"]) for r in read_input(spark, InputSpec(str(path)), "corpus").collect()}
+    local_rows = dict(zip(*[formats.read_corpus(InputSpec(str(path))).column(c).to_pylist() for c in ("doc_id", "text")]))
+    assert spark_rows == {"a": 5, "big": size} == {k: len(v) for k, v in local_rows.items()}

@@ -252,7 +252,11 @@ def _read_parquet(path: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:
     except (OSError, pa.ArrowInvalid) as exc:
         raise InputError(f"{path}: cannot open as Parquet ({exc}).") from exc
     chosen = _resolve(path, kind, dataset.schema.names, mapping)  # before reading any data
-    return dataset.to_table(columns=list(chosen.values())).rename_columns(list(chosen))
+    try:
+        table = dataset.to_table(columns=list(chosen.values()))
+    except (OSError, pa.ArrowInvalid) as exc:  # a corrupt file of a folder; the message names it
+        raise InputError(f"{path}: cannot read as Parquet ({exc}).") from exc
+    return table.rename_columns(list(chosen))
 
 
 def _read_delta(path: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:

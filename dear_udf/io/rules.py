@@ -8,7 +8,9 @@ column of each canonical column the same way for every columnar format.
 Rules both readers apply (``spark/read.py`` follows them; compared by reading its code, and
 the UTF-8 rule by running Spark):
 
-- Lines end at ``\\n`` (one trailing ``\\r`` is dropped), as Spark's text reader splits them;
+- Lines end at ``\\n`` only (one trailing ``\\r`` is dropped). Spark's text reader would also
+  split at a bare ``\\r`` (a phantom record from a CR inside a text), so the Spark readers ask
+  it for ``lineSep="\\n"`` and drop the CR themselves (``spark/read.py: _lines``);
   ``str.splitlines`` is not used because it also splits at form feeds and U+2028.
 - Bytes that are not valid UTF-8 become U+FFFD (``errors="replace"``). Spark's text reader
   does the same: checked with pyspark 4.2.0 ``spark.read.text`` on a lone Latin-1 byte and

@@ -77,10 +77,10 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from ..model import inspect_model
+    from ..model import check_device, inspect_model
     from . import faults, read, stages
-    from .session import get_session
-    from .udf import CounterParam, ScoringSettings, score_pairs
+    from .session import executors_on_this_machine, get_session
+    from .udf import CounterParam, ScoringSettings, score_pairs, worker_errors
     from .write import write_output
 
     started = time.perf_counter()
@@ -100,6 +100,8 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
     }
 
     spark = spark or get_session(master=config.master, conf=config.spark_conf, arrow_batch_size=config.arrow_batch_size)
+    if executors_on_this_machine(spark):  # else only the executors can tell, when they load
+        check_device(config.model.device)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_size))
     injected = faults.setting() or spark.sparkContext.environment.get(faults.ENV)
     if injected:  # tests only: a run with injected faults says so
@@ -149,8 +151,9 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
             )
             scored = score_pairs(pairs, settings, counters).persist(StorageLevel.MEMORY_AND_DISK)
             persisted.append(scored)
-            for name, value in stages.pooling_counts(scored).items():
-                setattr(summary, name, value)
+            with worker_errors():  # a worker's refusal (no CUDA there, other files) in one line
+                for name, value in stages.pooling_counts(scored).items():
+                    setattr(summary, name, value)
             _warn_pooled_in_query(summary, config.layout.pooling)
             stats = counters.value
             summary.model_loads = int(stats.get("model_loads", 0))

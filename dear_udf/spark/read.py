@@ -6,8 +6,10 @@ BEIR folders. The format is inferred from the path (``io.formats.infer_format``)
 
 Text files, JSON Lines included, are decoded as UTF-8 with invalid bytes replaced by U+FFFD
 (Spark's text reader does this; the local readers do the same), and the job counts such
-texts. Malformed lines (a TREC line without six fields, a TSV line without a tab, a JSON
-line that is not an object) stop the run before scoring, naming the file and the line.
+texts. Their lines end at ``\\n`` only, as in the local readers (``_lines``). Malformed lines
+(a TREC line without six fields, a TSV line without a tab, a JSON line that is not an
+object) stop the run before scoring, naming the file and the line, and so does a Parquet
+file that cannot be read (``_read_parquet``).
 """
 
 from __future__ import annotations
@@ -42,16 +44,29 @@ def _check_exists(path: str) -> None:
         raise InputError(f"{path}: no such file or directory.")
 
 
+def _lines(spark: Any, path: str) -> Any:
+    """The lines of text files as ``value``, split as ``rules.decode_line`` splits them.
+
+    Spark's text reader splits at ``\\r``, ``\\r\\n`` and ``\\n`` by default, so a bare CR
+    inside a TSV text would cut the text and start a phantom record. Lines end at ``\\n``
+    only, and one trailing ``\\r`` (of a CRLF ending) is dropped.
+    """
+    from pyspark.sql import functions as F
+
+    lines = spark.read.text(path, lineSep="\n")
+    return lines.withColumn("value", F.regexp_replace(F.col("value"), "\r\\z", ""))
+
+
 def _first_bad_line(spark: Any, path: str, bad: Any, what: str) -> None:
     """Raise naming the file and 1-based line of the first line where ``bad`` holds."""
     from pyspark.sql import functions as F
 
-    lines = spark.read.text(path).withColumn("_file", F.input_file_name())
+    lines = _lines(spark, path).withColumn("_file", F.input_file_name())
     first = lines.filter(bad).select("_file", "value").limit(1).collect()
     if not first:
         return
     file_name, value = first[0]["_file"], first[0]["value"]
-    numbered = spark.read.text(file_name).rdd.zipWithIndex()
+    numbered = _lines(spark, file_name).rdd.zipWithIndex()
     line_no = numbered.filter(lambda pair: pair[0][0] == value).map(lambda pair: pair[1]).min() + 1
     raise InputError(f"{file_name}: line {line_no}: {what}: {value[:200]!r}")
 
@@ -60,7 +75,7 @@ def _read_tsv(spark: Any, path: str, kind: Kind) -> Any:
     from pyspark.sql import functions as F
 
     id_col, text_col = (S.QUERY_ID, S.QUERY) if kind == "queries" else (S.DOC_ID, S.TEXT)
-    lines = spark.read.text(path)
+    lines = _lines(spark, path)
     _first_bad_line(spark, path, ~F.col("value").contains("\t") & (F.trim(F.col("value")) != ""), "expected 'id<TAB>text'")
     parts = F.split(F.col("value"), "\t", 2)
     out = lines.filter(F.trim(F.col("value")) != "").select(parts[0].alias(id_col), parts[1].alias(text_col))
@@ -70,6 +85,10 @@ def _read_tsv(spark: Any, path: str, kind: Kind) -> Any:
 
 
 _CORRUPT = "_corrupt_record"
+# Jackson refuses a JSON string over 20,000,000 characters (its StreamReadConstraints), so
+# a long text read as a "not a JSON object" line; Python's json, the local reader, has no
+# such limit. Lift it to Java's largest string.
+_JACKSON_LIMITS = {"maxStringLen": str(2**31 - 1)}
 
 
 def _read_jsonl(spark: Any, path: str) -> Any:
@@ -84,20 +103,20 @@ def _read_jsonl(spark: Any, path: str) -> Any:
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, StructField, StructType
 
-    inferred = spark.read.json(path).schema
+    inferred = spark.read.options(lineSep="\n", **_JACKSON_LIMITS).json(path).schema
     schema = StructType([f for f in inferred.fields if f.name != _CORRUPT] + [StructField(_CORRUPT, StringType())])
-    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT, **_JACKSON_LIMITS}
     parsed = F.from_json(F.col("value"), schema, options)
     blank = F.trim(F.col("value")) == ""
     _first_bad_line(spark, path, ~blank & (parsed.isNull() | parsed[_CORRUPT].isNotNull()), "not a JSON object")
-    lines = spark.read.text(path).filter(~blank)
+    lines = _lines(spark, path).filter(~blank)
     return lines.select(parsed.alias("_r")).select("_r.*").drop(_CORRUPT)
 
 
 def _read_trec(spark: Any, path: str, kind: Kind) -> Any:
     from pyspark.sql import functions as F
 
-    lines = spark.read.text(path).filter(F.trim(F.col("value")) != "")
+    lines = _lines(spark, path).filter(F.trim(F.col("value")) != "")
     fields = F.split(F.trim(F.col("value")), r"\s+")
     if kind == "qrels":
         bad = (F.size(fields) != 4) | fields[3].try_cast("int").isNull()
@@ -119,13 +138,39 @@ def _read_qrels_text(spark: Any, path: str) -> Any:
     """TREC qrels (``qid 0 docid rel``), or BEIR's ``query-id<TAB>corpus-id<TAB>score`` with header."""
     from pyspark.sql import functions as F
 
-    first = spark.read.text(path).filter(F.trim(F.col("value")) != "").limit(1).collect()
+    first = _lines(spark, path).filter(F.trim(F.col("value")) != "").limit(1).collect()
     if first and rules.is_beir_qrels_header(first[0]["value"]):
         df = spark.read.csv(path, sep="\t", header=True)
         return df.select(
             F.col("`query-id`").alias(S.QUERY_ID), F.col("`corpus-id`").alias(S.DOC_ID), F.col("score").try_cast("int").alias(S.RELEVANCE)
         )
     return _read_trec(spark, path, "qrels")
+
+
+def _read_parquet(spark: Any, path: str) -> Any:
+    """Parquet files, with every file's footer read now (``mergeSchema``).
+
+    Spark otherwise reads one footer for the schema and meets a corrupt or non-Parquet file
+    of a folder only at the first action, as a Java error. Here it is named at once.
+    """
+    try:
+        return spark.read.option("mergeSchema", "true").parquet(path)
+    except Exception as exc:  # noqa: BLE001 - Py4JJavaError: SparkException FAILED_READ_FILE.*
+        bad = _unreadable_file(exc)
+        if bad is None:
+            raise
+        raise InputError(f"{bad}: not a readable Parquet file (corrupt, truncated or another format); remove or replace it.") from None
+
+
+def _unreadable_file(exc: Exception) -> str | None:
+    """The file a Spark ``FAILED_READ_FILE`` error names, or None for any other error."""
+    error = getattr(exc, "java_exception", exc)  # Py4JJavaError wraps the SparkException
+    try:
+        if str(error.getCondition()).startswith("FAILED_READ_FILE"):
+            return str(error.getMessageParameters()["path"])
+    except Exception:  # noqa: BLE001 - not a SparkThrowable, or no path parameter
+        pass
+    return None
 
 
 def _read_delta(spark: Any, path: str) -> Any:
@@ -156,7 +201,7 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
             return _read_qrels_text(spark, inner)
         return _read_jsonl(spark, inner)
     if fmt == "parquet":
-        return spark.read.parquet(path)
+        return _read_parquet(spark, path)
     if fmt == "delta":
         return _read_delta(spark, path)
     if fmt == "table":

@@ -82,6 +82,13 @@ def get_session(
     return builder.getOrCreate()
 
 
+def executors_on_this_machine(spark: Any) -> bool:
+    """True in local mode (``local[...]``, ``local-cluster[...]``): the executors are this
+    machine, so what it lacks (e.g. CUDA) they lack too. Elsewhere the driver of a GPU
+    cluster may well have no GPU, and only the executors can tell."""
+    return str(spark.sparkContext.master).startswith("local")
+
+
 def has_spark_delta(spark: Any) -> bool:
     """True when the session can read and write Delta through Spark (Databricks, --packages)."""
     if os.environ.get("DATABRICKS_RUNTIME_VERSION"):

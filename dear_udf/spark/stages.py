@@ -32,6 +32,7 @@ DROP_REASONS = (
     "empty_document",
 )
 _POSITION = "_first_stage_position"
+_INT_MAX = 2**31 - 1
 
 
 def first_stage_order(F: Any) -> list:
@@ -85,11 +86,25 @@ def check_unique_ids(df: Any, id_column: str, value_columns: list[str], path: st
     return int(row["collapsed"] or 0)
 
 
+def _missing_rank(F: Any, play: Any) -> Any:
+    """The rank a candidate without one gets: after every ranked candidate of its query.
+
+    Unranked candidates come last in the first-stage order, so the largest rank in play
+    plus the candidate's place among the unranked (its position minus the ranked count)
+    keeps that order and collides with no real rank: ranks 1, 5, 100 and a missing one
+    give it 101, not its position 4. With no rank at all this is the position.
+    """
+    largest = F.coalesce(F.max(S.FIRST_STAGE_RANK).over(play), F.lit(0)).cast("long")
+    place = F.col(_POSITION) - F.count(S.FIRST_STAGE_RANK).over(play)
+    return F.least(largest + place, F.lit(_INT_MAX))  # a rank near 2**31 must not overflow
+
+
 def candidate_status(candidates: Any, queries: Any, corpus: Any, *, depth: int) -> Any:
     """Candidates with their texts and a ``drop_reason`` (null when the pair is to be scored).
 
-    ``first_stage_rank`` becomes the candidate's position in the first-stage ordering
-    when the input had no rank.
+    A candidate without a first-stage rank gets one after every ranked candidate of its
+    query (``_missing_rank``), in the first-stage order; the output, the tie-breaks of
+    ``top_k`` and the first-stage metrics all use that rank.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -105,10 +120,10 @@ def candidate_status(candidates: Any, queries: Any, corpus: Any, *, depth: int) 
     )
     # Depth counts only candidates still in play, so duplicates do not use up the depth.
     in_play = F.col(DROP_REASON).isNull()
-    depth_window = Window.partitionBy(S.QUERY_ID, F.col(DROP_REASON).isNull()).orderBy(*order)
-    c = c.withColumn(_POSITION, F.when(in_play, F.row_number().over(depth_window)))
+    play = Window.partitionBy(S.QUERY_ID, in_play)
+    c = c.withColumn(_POSITION, F.when(in_play, F.row_number().over(play.orderBy(*order))))
+    c = c.withColumn(S.FIRST_STAGE_RANK, F.coalesce(F.col(S.FIRST_STAGE_RANK), _missing_rank(F, play)).cast("int"))
     c = c.withColumn(DROP_REASON, F.when(in_play & (F.col(_POSITION) > depth), F.lit("beyond_depth")).otherwise(F.col(DROP_REASON)))
-    c = c.withColumn(S.FIRST_STAGE_RANK, F.coalesce(F.col(S.FIRST_STAGE_RANK), F.col(_POSITION)).cast("int"))
 
     # check_unique_ids has made sure repeated ids carry identical rows, so any one will do.
     q = queries.filter(has_id(F.col(S.QUERY_ID))).select(S.QUERY_ID, S.QUERY, F.lit(True).alias("_has_query")).dropDuplicates([S.QUERY_ID])

@@ -7,7 +7,9 @@ worker (see ``model_cache``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,3 +178,32 @@ def score_pairs(pairs: Any, settings: ScoringSettings, counters: Any = None) -> 
     from ..schema import spark_schema
 
     return pairs.mapInArrow(make_scoring_function(settings, counters), spark_schema(SCORED_ARROW_SCHEMA))
+
+
+# The last line of a worker's traceback when it raised one of this package's errors.
+_WORKER_ERROR = re.compile(r"^dear_udf\.exceptions\.(\w+): (.*)$", re.MULTILINE)
+
+
+@contextmanager
+def worker_errors() -> Iterator[None]:
+    """Re-raise an error this package raised in a Python worker as itself, in one line.
+
+    Spark hands the driver a worker's failure as a wall of Python and JVM traceback; wrap
+    the action that runs the scoring function in this so that, e.g., an executor without
+    CUDA reads ``ModelLoadError: device 'cuda': CUDA is not available on this machine``.
+    Other failures pass through unchanged.
+
+    Example:
+        >>> with worker_errors():
+        ...     count = score_pairs(pairs, settings).count()
+    """
+    from .. import exceptions
+
+    try:
+        yield
+    except Exception as exc:
+        found = _WORKER_ERROR.findall(str(exc))
+        error_type = getattr(exceptions, found[-1][0], None) if found else None
+        if not (isinstance(error_type, type) and issubclass(error_type, exceptions.DearRerankError)):
+            raise
+        raise error_type(found[-1][1].strip()) from None
