@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .. import schema as S
-from ..config import JobConfig, build_job_config, load_yaml, merge
+from ..config import JobConfig, build_job_config, expand_shorthand, load_yaml, merge
 from ..exceptions import DearRerankError
 from ..summary import RunSummary
 
@@ -240,18 +240,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["delta", "parquet"], help="output format (default delta)")
     parser.add_argument("--top-k", type=int, dest="top_k", help="rows kept per query (default 10)")
     parser.add_argument("--depth", type=int, help="first-stage candidates reranked per query (default 100)")
-    parser.add_argument("--run-id", dest="run_id", help="run partition; a rerun with the same id replaces it (default: today's UTC date)")
-    parser.add_argument("--summary", help="where to write the run summary JSON (default: <output>.summary.json)")
+    parser.add_argument(
+        "--run-id",
+        dest="run_id",
+        help="run partition; a rerun with the same id replaces it (default: today's UTC date); at most 200 "
+        "characters, no %%, / or =, no control characters, no spaces at either end",
+    )
+    parser.add_argument("--summary", help="where to write the run summary JSON (default: <output>.<run_id>.summary.json)")
     parser.add_argument("--trec-out", dest="trec_out", help="also write the top-k as a TREC run file")
     parser.add_argument("--batch-size", type=int, dest="batch_size", help="pairs per micro-batch (default 128)")
     parser.add_argument("--max-tokens", type=int, dest="max_tokens", help="token budget per micro-batch")
     parser.add_argument("--master", help="Spark master, e.g. local[2]; default: the session's")
-    parser.add_argument("--partitions", type=int, dest="scoring_partitions", help="scoring partitions")
+    parser.add_argument("--partitions", type=int, dest="scoring_partitions", help="scoring partitions (YAML: scoring_partitions)")
+    parser.add_argument(
+        "--max-drop-share",
+        type=float,
+        dest="max_drop_share",
+        help="refuse to write when more than this share of the candidates within depth is dropped (default 0.5)",
+    )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        default=None,
+        dest="allow_empty",
+        help="write even a run that scored nothing or dropped more than --max-drop-share",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     """Merge the YAML file (if any) with the flags given."""
-    base = load_yaml(args.config) if getattr(args, "config", None) else {}
+    base = expand_shorthand(load_yaml(args.config)) if getattr(args, "config", None) else {}
     model = {
         "model": args.model,
         "adapter": args.adapter,
@@ -276,18 +294,21 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         "max_tokens": args.max_tokens,
         "master": args.master,
         "scoring_partitions": args.scoring_partitions,
-        "model": {k: v for k, v in model.items() if v is not None},
+        "max_drop_share": args.max_drop_share,
+        "allow_empty": args.allow_empty,
+        "model": {k: v for k, v in model.items() if v is not None} or None,
     }
-    # A path flag replaces the file's whole input entry's path but keeps its columns/format.
+    # A path flag replaces the file's input entry's path but keeps its columns/format.
     for name in ("queries", "corpus", "candidates", "qrels"):
-        if flags[name] is not None and isinstance(base.get(name), dict):
+        if flags[name] is not None and name in base:
             flags[name] = {"path": flags[name]}
     values = merge(base, flags)
     model_values = values.get("model") or {}
-    model_values.setdefault("device", None)
-    if not model_values.get("model") and not model_values.get("adapter"):
-        model_values = {}
-    values["model"] = model_values or None
+    if isinstance(model_values, dict):  # anything else is refused by name below
+        model_values.setdefault("device", None)
+        if not model_values.get("model") and not model_values.get("adapter"):
+            model_values = {}
+        values["model"] = model_values or None
     return build_job_config(values, where=args.config or "flags")
 
 
