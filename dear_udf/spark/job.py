@@ -13,7 +13,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import re
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -21,7 +23,6 @@ from typing import Any
 
 from .. import schema as S
 from ..config import JobConfig, build_job_config, expand_shorthand, load_yaml, merge
-from ..exceptions import DearRerankError
 from ..summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -70,20 +71,26 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
     """Run one reranking job and return its summary (also written as JSON and printed).
 
     Raises:
+        OutputError: before reading anything, when the output folder, the summary or the
+            TREC file is refused (``preflight.py``); or when the commit fails.
         InputError: before any scoring, when an input is missing, unreadable or lacks
             columns, or has conflicting duplicate ids.
         ModelLoadError: when the model cannot be resolved or is refused.
+        RunRefusedError: before writing, when the run is empty, drops too much, or has
+            non-finite scores (``guards.py``).
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    from .. import guards
     from ..model import inspect_model
-    from . import faults, read, stages
+    from . import faults, preflight, read, stages
     from .session import get_session
     from .udf import CounterParam, ScoringSettings, score_pairs
-    from .write import write_output
 
     started = time.perf_counter()
+    spark = spark or get_session(master=config.master, conf=config.spark_conf, arrow_batch_size=config.arrow_batch_size)
+    preflight.check_paths(config, spark=spark)  # seconds, before any input is read or model loaded
     info = inspect_model(config.model, config.layout)
     summary = RunSummary(run_id=config.run_id, model=info.label, output=config.output, format=config.format)
     summary.settings = {
@@ -97,7 +104,6 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
         "model_revision": info.revision,
     }
 
-    spark = spark or get_session(master=config.master, conf=config.spark_conf, arrow_batch_size=config.arrow_batch_size)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_size))
     injected = faults.setting() or spark.sparkContext.environment.get(faults.ENV)
     if injected:  # tests only: a run with injected faults says so
@@ -133,6 +139,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
                     summary.candidates_kept = count
                 else:
                     summary.dropped[reason] = count
+        guards.check_kept(summary, max_drop_share=config.max_drop_share, allow_empty=config.allow_empty)
 
         with _stage(summary, "score"):
             partitions = config.scoring_partitions or spark.sparkContext.defaultParallelism
@@ -147,7 +154,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
             )
             scored = score_pairs(pairs, settings, counters).persist(StorageLevel.MEMORY_AND_DISK)
             persisted.append(scored)
-            summary.pairs_scored = scored.count()
+            examples = _count_scores(scored, summary)
             stats = counters.value
             summary.model_loads = int(stats.get("model_loads", 0))
             summary.oom_splits = int(stats.get("oom_splits", 0))
@@ -155,10 +162,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
             summary.computed_tokens = int(stats.get("computed_tokens", 0))
         score_seconds = summary.stage_seconds["score"]
         summary.pairs_per_second = round(summary.pairs_scored / score_seconds, 2) if score_seconds else 0.0
-        if summary.pairs_scored != summary.candidates_kept:
-            raise DearRerankError(
-                f"scored {summary.pairs_scored} pairs but kept {summary.candidates_kept}; refusing to write."
-            )
+        guards.check_scored(summary, examples=examples)
 
         with _stage(summary, "topk"):
             top = stages.top_k(scored, k=config.top_k, run_id=config.run_id, model=info.label).persist(StorageLevel.MEMORY_AND_DISK)
@@ -177,29 +181,56 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
                 r[S.QUERY_ID] for r in nothing.limit(NOTHING_TO_RANK_LISTED).collect()
             )
 
-        if not (summary.accounted and summary.queries_accounted):
-            raise DearRerankError(f"accounting does not balance; refusing to write: {summary.as_dict()}")
-
-        with _stage(summary, "write"):
-            summary.write = write_output(top, output=config.output, fmt=config.format, run_id=config.run_id)
-            if config.trec_out:
-                from ..io.trec import write_trec_run
-
-                write_trec_run(top.select(S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE).toArrow(), config.trec_out, tag=f"dear-{config.run_id}")
+        guards.check_accounted(summary)
 
         if config.qrels is not None:
             with _stage(summary, "evaluate"):
                 summary.metrics = _evaluate(spark, config, status, top)
+        _write_last(config, summary, top, started)
     finally:
         for df in persisted:
             df.unpersist()
-
-    summary.wall_seconds = round(time.perf_counter() - started, 3)
-    if not (summary.accounted and summary.queries_accounted):
-        raise DearRerankError(f"accounting does not balance: {summary.as_dict()}")
-    summary.write_json(config.summary_path)
     print(summary.render())
     return summary
+
+
+def _count_scores(scored: Any, summary: RunSummary) -> list[str]:
+    """Fill ``pairs_scored`` and ``non_finite_scores`` in one pass; return a few bad ones."""
+    from pyspark.sql import functions as F
+
+    finite = ~F.isnan(S.SCORE) & (F.abs(F.col(S.SCORE)) != float("inf"))
+    row = scored.agg(F.count(F.lit(1)).alias("n"), F.sum(F.when(finite, 0).otherwise(1)).alias("bad")).collect()[0]
+    summary.pairs_scored, summary.non_finite_scores = int(row["n"]), int(row["bad"] or 0)
+    if not summary.non_finite_scores:
+        return []
+    return [f"{r[S.QUERY_ID]}/{r[S.DOC_ID]}={r[S.SCORE]}" for r in scored.filter(~finite).limit(3).collect()]
+
+
+def _write_last(config: JobConfig, summary: RunSummary, top: Any, started: float) -> None:
+    """Commit the table as the last step that can fail.
+
+    The TREC run is written, and the summary's file created, beside their targets before
+    the commit; after it they are only renamed into place. A run that fails before its
+    commit leaves the table, the TREC file and the summary as they were.
+    """
+    from ..io.staged import StagedFile
+    from ..io.trec import write_trec_run
+    from .write import write_output
+
+    with contextlib.ExitStack() as stack:
+        summary_file = stack.enter_context(StagedFile(config.summary_path))
+        trec_file = stack.enter_context(StagedFile(config.trec_out)) if config.trec_out else None
+        if trec_file is not None:
+            # A TREC tag is one word; a run id may hold spaces.
+            tag = "dear-" + re.sub(r"\s", "_", config.run_id)
+            write_trec_run(top.select(S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE).toArrow(), trec_file.tmp, tag=tag)
+        with _stage(summary, "write"):
+            summary.write = write_output(top, output=config.output, fmt=config.format, run_id=config.run_id)
+        if trec_file is not None:
+            trec_file.publish()
+        summary.wall_seconds = round(time.perf_counter() - started, 3)
+        summary_file.write_text(summary.to_json())
+        summary_file.publish()
 
 
 def _evaluate(spark: Any, config: JobConfig, status: Any, top: Any) -> dict[str, Any]:
