@@ -192,6 +192,20 @@ def test_bad_paths_and_foreign_tables_are_refused_before_any_job_or_model(spark,
     assert _listing(tmp_path) == before  # nothing written, not even a summary
 
 
+def test_a_commit_refused_at_write_time_leaves_no_files(spark, tmp_path):
+    # Should a foreign table appear between the checks and the commit, the Delta write
+    # removes the files it wrote instead of leaving them in someone else's folder.
+    from dear_udf.spark.write import write_output
+
+    _foreign_delta(["run_id"])(tmp_path)
+    before = _listing(tmp_path)
+    row = ("q", "d", 1, 1.0, 1, None, "night-9", "m")
+    df = spark.createDataFrame([row], S.spark_schema(S.OUTPUT_ARROW_SCHEMA))
+    with pytest.raises(OutputError, match="table schema differs"):
+        write_output(df, output=str(tmp_path / "out"), fmt="delta", run_id="night-9", writer="deltalake")
+    assert _listing(tmp_path) == before
+
+
 def test_failure_before_the_commit_leaves_table_trec_and_summary_as_they_were(spark, tiny_models, data, nights, tmp_path):
     # The qrels file exists but is malformed: evaluation fails. It used to run after the
     # commit (the night was published, the run reported failure); now it runs before.

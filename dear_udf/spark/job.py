@@ -13,12 +13,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import re
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from .. import schema as S
@@ -217,7 +216,7 @@ def _write_last(config: JobConfig, summary: RunSummary, top: Any, started: float
     from ..io.trec import write_trec_run
     from .write import write_output
 
-    with contextlib.ExitStack() as stack:
+    with ExitStack() as stack:
         summary_file = stack.enter_context(StagedFile(config.summary_path))
         trec_file = stack.enter_context(StagedFile(config.trec_out)) if config.trec_out else None
         if trec_file is not None:
