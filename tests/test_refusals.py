@@ -173,6 +173,7 @@ REFUSED = {
     "foreign folder": (_foreign_folder, OutputError, r"out: is neither empty nor a table of this job \(found \['notes.txt'\]\)"),
     "Delta table of another schema": (_foreign_delta(["run_id"]), OutputError, r"table schema differs from the output schema: missing \['first_stage_rank'"),
     "Delta table of another partitioning": (_foreign_delta(None), OutputError, r"table is partitioned by \[\], expected \['run_id'\]"),
+    "output on a file system Spark lacks": (lambda t: {"output": "nosuch://bucket/out", "summary": str(t / "s.json")}, OutputError, r'nosuch://bucket/out: cannot open the output\'s file system \(.*No FileSystem for scheme "nosuch"\)'),
     "summary is a folder": (_summary_is_a_folder, OutputError, r"summary: .*/s: is a folder; give a file path"),
     "summary inside the table": (lambda t: {"summary": str(t / "out" / "s.json")}, OutputError, r"summary: .*is inside the output table folder"),
     "trec-out under a file": (_trec_out_under_a_file, OutputError, r"trec_out: .*/f is a file, not a folder"),
@@ -186,9 +187,10 @@ def test_bad_paths_and_foreign_tables_are_refused_before_any_job_or_model(spark,
 
     prepare, error, message = REFUSED[case]
     extra = prepare(tmp_path)
+    output = extra.pop("output", tmp_path / "out")
     before = _listing(tmp_path)
     with _nothing_runs(spark, monkeypatch), pytest.raises(error, match=message):
-        run_job(_config(data, tiny_models["index227"], tmp_path / "out", **extra), spark=spark)
+        run_job(_config(data, tiny_models["index227"], output, **extra), spark=spark)
     assert _listing(tmp_path) == before  # nothing written, not even a summary
 
 

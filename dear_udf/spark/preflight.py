@@ -28,6 +28,7 @@ from typing import Any, Literal
 from .. import schema as S
 from ..config import JobConfig
 from ..exceptions import OutputError
+from ..io.formats import is_uri
 from ..io.rules import DELTA_LOG_DIR
 
 TableKind = Literal["none", "delta", "parquet", "uncommitted"]
@@ -54,7 +55,7 @@ def check_paths(config: JobConfig, *, spark: Any = None) -> None:
 
 
 def _is_local(path: str) -> bool:
-    return "://" not in path and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", path)
+    return not is_uri(path)
 
 
 class _Folder:
@@ -64,9 +65,12 @@ class _Folder:
         self.path, self.local = path, _is_local(path)
         self._fs = None
         if not self.local and spark is not None:
-            jvm = spark.sparkContext._jvm
-            self._fs = jvm.org.apache.hadoop.fs.Path(path).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-            self._jvm = jvm
+            self._jvm = spark.sparkContext._jvm
+            try:
+                hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+                self._fs = self._jvm.org.apache.hadoop.fs.Path(path).getFileSystem(hadoop_conf)
+            except Exception as exc:  # noqa: BLE001 - Py4JJavaError: no file system for the scheme
+                raise OutputError(f"{path}: cannot open the output's file system ({_reason(exc)}).") from exc
 
     def entries(self, sub: str = "") -> list[tuple[str, bool]] | None:
         """(name, is folder) of the entries of ``path/sub``; None when it does not exist."""
@@ -80,12 +84,25 @@ class _Folder:
                 return [(e.name, e.is_dir()) for e in found]
         if self._fs is None:
             return None  # a URI and no Spark session: left to the writer
-        hpath = self._jvm.org.apache.hadoop.fs.Path(posixpath.join(self.path, sub) if sub else self.path)
-        if not self._fs.exists(hpath):
-            return None
-        if not self._fs.getFileStatus(hpath).isDirectory():
-            raise OutputError(f"{hpath}: is a file; output must be a table folder (new, empty, or this job's table).")
-        return [(st.getPath().getName(), bool(st.isDirectory())) for st in self._fs.listStatus(hpath)]
+        path = posixpath.join(self.path, sub) if sub else self.path
+        try:
+            hpath = self._jvm.org.apache.hadoop.fs.Path(path)
+            if not self._fs.exists(hpath):
+                return None
+            is_dir = self._fs.getFileStatus(hpath).isDirectory()
+            found = [] if not is_dir else [(st.getPath().getName(), bool(st.isDirectory())) for st in self._fs.listStatus(hpath)]
+        except Exception as exc:  # noqa: BLE001 - Py4JJavaError: no file system for the scheme, no access
+            raise OutputError(f"{path}: cannot list the output folder ({_reason(exc)}).") from exc
+        if not is_dir:
+            raise OutputError(f"{path}: is a file; output must be a table folder (new, empty, or this job's table).")
+        return found
+
+
+def _reason(exc: Exception) -> str:
+    """The Java exception's own line (Py4J's first line only names the call)."""
+    java = getattr(exc, "java_exception", None)
+    text = str(java.toString()) if java is not None else str(exc)
+    return (text.strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _hidden(name: str) -> bool:
