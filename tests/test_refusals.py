@@ -177,6 +177,7 @@ REFUSED = {
     "summary is a folder": (_summary_is_a_folder, OutputError, r"summary: .*/s: is a folder; give a file path"),
     "summary inside the table": (lambda t: {"summary": str(t / "out" / "s.json")}, OutputError, r"summary: .*is inside the output table folder"),
     "trec-out under a file": (_trec_out_under_a_file, OutputError, r"trec_out: .*/f is a file, not a folder"),
+    "trec-out is the summary": (lambda t: {"trec_out": str(t / "x"), "summary": str(t / "x")}, OutputError, "trec_out and summary are the same file"),
     "qrels BEIR folder without qrels": (_beir_without_qrels, InputError, r"beir: this BEIR folder has no qrels/test.tsv, needed for qrels"),
 }
 
@@ -253,7 +254,7 @@ def test_empty_queries_refuse_the_run_unless_allow_empty(spark, tiny_models, dat
     assert _delta_rows(out) == before
     # Asked for, the empty night is published: night-1 is emptied, night-2 kept.
     summary = run_job(job_config(paths, tiny_models["index227"], out, top_k=3, allow_empty=True), spark=spark)
-    assert summary.pairs_scored == 0
+    assert summary.pairs_scored == 0 and summary.settings["allow_empty"] is True  # the summary says it was asked
     assert _delta_rows(out) == [r for r in before if r[S.OUTPUT_COLUMNS.index(S.RUN_ID)] == "night-2"]
 
 

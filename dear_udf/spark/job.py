@@ -101,6 +101,8 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
         "device": config.model.device or "auto",
         "model_fingerprint": info.fingerprint,
         "model_revision": info.revision,
+        "max_drop_share": config.max_drop_share,
+        "allow_empty": config.allow_empty,
     }
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_size))

@@ -48,6 +48,8 @@ def check_paths(config: JobConfig, *, spark: Any = None) -> None:
     for setting, path in (("summary", config.summary_path), ("trec_out", config.trec_out)):
         if path:
             check_file_target(path, setting=setting, output=config.output)
+    if config.trec_out and os.path.abspath(config.trec_out) == os.path.abspath(config.summary_path):
+        raise OutputError(f"trec_out and summary are the same file, {config.trec_out}; give them different paths.")
     for kind in ("queries", "corpus", "candidates", "qrels"):
         spec = getattr(config, kind)
         if spec is not None:
@@ -190,10 +192,14 @@ def _check_parquet_schema(output: str, sample: str) -> None:
         found = pq.read_schema(os.path.join(output, sample))
     except (OSError, pa.ArrowInvalid) as exc:
         raise OutputError(f"{output}: {sample} is not a Parquet file ({exc}); refusing to write into the folder.") from exc
-    found, expected = (t.remove(t.get_field_index(S.RUN_ID)) if S.RUN_ID in t.names else t for t in (found, S.OUTPUT_ARROW_SCHEMA))
-    diff = S.schema_difference(found, expected)
+    diff = S.schema_difference(_without_run_id(found), _without_run_id(S.OUTPUT_ARROW_SCHEMA))
     if diff:
         raise OutputError(f"{output}: its Parquet files ({sample}) do not hold the output schema: {diff}; refusing to write into it.")
+
+
+def _without_run_id(schema: Any) -> Any:
+    # Spark leaves the partition column to the folder name; a file may hold it too.
+    return schema.remove(schema.get_field_index(S.RUN_ID)) if S.RUN_ID in schema.names else schema
 
 
 def check_file_target(path: str, *, setting: str, output: str) -> None:
@@ -204,7 +210,7 @@ def check_file_target(path: str, *, setting: str, output: str) -> None:
             a path inside the table, or a place that cannot be written.
     """
     if not _is_local(path):
-        hint = " (the default summary goes beside the output, which is remote: give --summary)" if setting == "summary" else ""
+        hint = " (by default it goes beside the output: give --summary a local path)" if setting == "summary" else ""
         raise OutputError(f"{setting}: {path}: must be a local file path{hint}.")
     target = os.path.abspath(path)
     if os.path.isdir(target):
