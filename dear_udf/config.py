@@ -25,6 +25,7 @@ from typing import Any, Literal
 from .exceptions import ConfigError
 from .layout import POOLING_RULES, SPECIAL_TOKEN_MODES, Layout
 from .model import ModelSpec
+from .schema import check_run_id
 
 InputFormat = Literal["parquet", "delta", "table", "jsonl", "tsv", "trec", "qrels", "beir"]
 INPUT_FORMATS = ("parquet", "delta", "table", "jsonl", "tsv", "trec", "qrels", "beir")
@@ -50,6 +51,10 @@ class InputSpec:
             raise ConfigError("input path must be a non-empty string, got ''.")
         if self.format is not None and self.format not in INPUT_FORMATS:
             raise ConfigError(f"format must be one of {INPUT_FORMATS}, got {self.format!r}.")
+        if not isinstance(self.columns, Mapping) or not all(isinstance(v, str) for v in self.columns.values()):
+            raise ConfigError(
+                f"columns must map canonical names to column names, e.g. {{'doc_id': 'pid'}}, got {self.columns!r}."
+            )
 
 
 def default_run_id() -> str:
@@ -70,7 +75,7 @@ class JobConfig:
     top_k: int = 10
     depth: int = 100
     run_id: str = field(default_factory=default_run_id)
-    summary: str | None = None  # default: <output>.summary.json beside the table
+    summary: str | None = None  # default: <output>.<run_id>.summary.json beside the table
     qrels: InputSpec | None = None
     trec_out: str | None = None
     batch_size: int = 128
@@ -80,25 +85,38 @@ class JobConfig:
     arrow_batch_size: int = 10000  # spark.sql.execution.arrow.maxRecordsPerBatch
     scoring_partitions: int | None = None  # None: Spark's default parallelism
     spark_conf: Mapping[str, str] = field(default_factory=dict)
+    max_drop_share: float = 0.5  # refuse a run dropping more of its candidates within depth
+    allow_empty: bool = False  # publish a run that scored nothing or dropped too much
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "depth", "batch_size", "arrow_batch_size"):
+        for name in ("top_k", "depth", "batch_size", "arrow_batch_size", "max_tokens", "scoring_partitions"):
             value = getattr(self, name)
+            if value is None and name in ("max_tokens", "scoring_partitions"):
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
         if self.format not in ("delta", "parquet"):
             raise ConfigError(f"format must be 'delta' or 'parquet', got {self.format!r}.")
-        if not self.run_id or "/" in self.run_id or "=" in self.run_id:
-            raise ConfigError(f"run_id must be non-empty and hold no '/' or '=', got {self.run_id!r}.")
+        check_run_id(self.run_id)
         if not self.output:
             raise ConfigError("output must be a non-empty path, got ''.")
+        share = self.max_drop_share
+        if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
+            raise ConfigError(f"max_drop_share must be a number from 0 to 1, got {share!r}.")
+        if not isinstance(self.allow_empty, bool):
+            raise ConfigError(f"allow_empty must be true or false, got {self.allow_empty!r}.")
+        if not isinstance(self.spark_conf, Mapping):
+            raise ConfigError(f"spark_conf must be a mapping of Spark setting to value, got {self.spark_conf!r}.")
 
     @property
     def summary_path(self) -> str:
         """Where the run summary goes: beside the table, never inside it."""
-        if self.summary:
-            return self.summary
-        return str(Path(self.output.rstrip("/"))) + ".summary.json"
+        return self.summary or default_summary_path(self.output, self.run_id)
+
+
+def default_summary_path(output: str, run_id: str) -> str:
+    """``<output>.<run_id>.summary.json``: runs of other nights keep their own summaries."""
+    return f"{Path(output.rstrip('/'))}.{run_id}.summary.json"
 
 
 _NESTED = {"model": ModelSpec, "layout": Layout}
@@ -110,7 +128,10 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}.")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -121,6 +142,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc}).") from exc
+    except yaml.YAMLError as exc:
+        # One line: the problem and where (tags like !!python/object are refused here too).
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: not valid YAML{at}: {' '.join(str(problem).split())}.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}.")
     return data
@@ -131,7 +158,7 @@ def build_job_config(values: Mapping[str, Any], *, where: str = "config") -> Job
 
     Inputs may be a path string or a mapping with ``path``/``format``/``columns``.
     """
-    values = dict(values)
+    values = expand_shorthand(values)
     job_fields = {f.name for f in dataclasses.fields(JobConfig)}
     unknown = sorted(set(values) - job_fields)
     if unknown:
@@ -140,8 +167,6 @@ def build_job_config(values: Mapping[str, Any], *, where: str = "config") -> Job
         raw = values.get(name)
         if raw is None:
             continue
-        if isinstance(raw, str):
-            raw = {"path": raw}
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where}: {name} must be a path or a mapping, got {raw!r}.")
         values[name] = _build(InputSpec, raw, f"{where}: {name}")
@@ -149,14 +174,47 @@ def build_job_config(values: Mapping[str, Any], *, where: str = "config") -> Job
         raw = values.get(name)
         if isinstance(raw, Mapping):
             values[name] = _build(cls, raw, f"{where}: {name}")
-    if isinstance(values.get("spark_conf"), Mapping):
-        values["spark_conf"] = {str(k): str(v) for k, v in values["spark_conf"].items()}
+        elif raw is not None and not isinstance(raw, cls):
+            raise ConfigError(f"{where}: {name} must be a mapping{' or a path' if name == 'model' else ''}, got {raw!r}.")
+    values["spark_conf"] = _spark_conf(values.get("spark_conf", {}), where)
     missing = [n for n in ("queries", "corpus", "candidates", "output", "model") if values.get(n) in (None, "")]
     if missing:
         raise ConfigError(f"{where}: missing required setting(s) {missing}.")
     if values.get("run_id") is None:
         values.pop("run_id", None)
-    return JobConfig(**values)
+    else:
+        values["run_id"] = _run_id_text(values["run_id"], where)
+    return _build(JobConfig, values, where)
+
+
+def expand_shorthand(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``model: <path>`` means ``model: {model: <path>}``; an input ``<path>``, ``{path: <path>}``."""
+    out = dict(values)
+    if isinstance(out.get("model"), str):
+        out["model"] = {"model": out["model"]}
+    for name in _INPUTS:
+        if isinstance(out.get(name), str):
+            out[name] = {"path": out[name]}
+    return out
+
+
+def _spark_conf(raw: Any, where: str) -> dict[str, str]:
+    if not isinstance(raw, Mapping) or any(isinstance(v, (Mapping, list)) for v in raw.values()):
+        raise ConfigError(f"{where}: spark_conf must map Spark settings to values, e.g. {{'spark.sql.shuffle.partitions': '4'}}, got {raw!r}.")
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def _run_id_text(value: Any, where: str) -> Any:
+    """YAML reads ``run_id: 2026-11-22`` as a date and ``run_id: 7`` as an int: the natural
+    ways to pin a night, taken as the text written. A timestamp, a float or a boolean would
+    not read back as written, so they must be quoted."""
+    if isinstance(value, (bool, float, _dt.datetime)):
+        raise ConfigError(f"{where}: run_id {value!r} was read as a {type(value).__name__}; quote it to keep it as written.")
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    if isinstance(value, int):
+        return str(value)
+    return value
 
 
 def add_layout_arguments(parser: Any) -> None:

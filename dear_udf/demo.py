@@ -80,7 +80,10 @@ def main(args: argparse.Namespace) -> int:
     )
     _show_metrics(summary.metrics)
     _show_top(collection, Path(summary.output), args.show)
-    print(f"\ntable: {summary.output} (Delta, partition run_id=demo); summary: {summary.output}.summary.json")
+    from .config import default_summary_path
+
+    where = default_summary_path(summary.output, summary.run_id)
+    print(f"\ntable: {summary.output} (Delta, partition run_id={summary.run_id}); summary: {where}")
     return 0
 
 

@@ -21,3 +21,8 @@ class InputError(DearRerankError, ValueError):
 
 class OutputError(DearRerankError):
     """The output table could not be written or committed."""
+
+
+class RunRefusedError(DearRerankError):
+    """The run's results were not written: they would publish an empty or mostly dropped
+    night, non-finite scores, or counts that do not balance (``guards.py``)."""

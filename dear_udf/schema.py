@@ -5,6 +5,8 @@ Spark schemas are built lazily (``spark_schema``) so this module imports without
 
 from __future__ import annotations
 
+import unicodedata
+
 import pyarrow as pa
 
 QUERY_ID = "query_id"
@@ -67,3 +69,72 @@ def spark_schema(arrow_schema: pa.Schema):  # -> pyspark.sql.types.StructType
     from pyspark.sql.pandas.types import from_arrow_schema
 
     return from_arrow_schema(arrow_schema)
+
+
+def schema_difference(actual: pa.Schema, expected: pa.Schema) -> str | None:
+    """None when the two schemas hold the same fields and types, else what differs.
+
+    The large/view string variants count as ``string``: writers pick among them freely.
+    """
+    fold = {pa.large_string(): pa.string(), pa.string_view(): pa.string()}
+    got = {f.name: fold.get(f.type, f.type) for f in actual}
+    want = {f.name: fold.get(f.type, f.type) for f in expected}
+    if got == want:
+        return None
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    retyped = {n: f"{got[n]} (expected {want[n]})" for n in want if n in got and got[n] != want[n]}
+    return f"missing {missing}, unexpected {extra}, wrong types {retyped}"
+
+
+# -- the run id -----------------------------------------------------------------------------
+
+RUN_ID_MAX_CHARS = 200
+# Characters Spark writes as %XX in a partition folder name (ExternalCatalogUtils.escapePathName).
+_SPARK_ESCAPED = frozenset('"#%\'*/:=?\\{[]^') | frozenset(chr(c) for c in range(0x20)) | {"\x7f"}
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # how Spark names a null partition value
+_NAME_MAX_BYTES = 255  # a folder name on common file systems
+
+
+def partition_folder(run_id: str) -> str:
+    """The folder name Spark gives the run's partition: ``run_id=<id>`` with %XX escapes."""
+    return f"{RUN_ID}=" + "".join(f"%{ord(c):02X}" if c in _SPARK_ESCAPED else c for c in run_id)
+
+
+def check_run_id(run_id: object) -> str:
+    """Return ``run_id`` when it can name a partition, else raise ``ConfigError`` saying why.
+
+    The rule (README, docs/reliability.md): a non-empty string of at most 200 characters,
+    without ``%``, ``/`` or ``=``, without control characters or line breaks, without
+    spaces at either end, and whose partition folder name fits in 255 bytes. Each of these
+    made a partition that was written, read back or deleted as another value (``/`` nests
+    folders, ``=`` and ``%`` are read as Hive syntax and escapes) or failed deep in Spark.
+
+    Example:
+        >>> check_run_id("2026-11-22")
+        '2026-11-22'
+    """
+    from .exceptions import ConfigError
+
+    def refuse(why: str) -> ConfigError:
+        shown = run_id if not isinstance(run_id, str) or len(run_id) <= 80 else run_id[:80] + "..."
+        return ConfigError(f"run_id {why}, got {shown!r}.")
+
+    if not isinstance(run_id, str):
+        raise refuse(f"must be a string, not {type(run_id).__name__}")
+    if not run_id:
+        raise refuse("must not be empty")
+    if len(run_id) > RUN_ID_MAX_CHARS:
+        raise refuse(f"must be at most {RUN_ID_MAX_CHARS} characters (it has {len(run_id)})")
+    bad = sorted({c for c in run_id if c in "%/="})
+    if bad:
+        raise refuse(f"must not hold {' '.join(repr(c) for c in bad)} (partition folder syntax)")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in run_id):
+        raise refuse("must not hold control characters or line breaks")
+    if run_id != run_id.strip():
+        raise refuse("must not start or end with whitespace")
+    if run_id == _HIVE_NULL:
+        raise refuse("must not be Spark's name for a null partition")
+    if len(partition_folder(run_id).encode("utf-8")) > _NAME_MAX_BYTES:
+        raise refuse(f"is too long for a partition folder name ({_NAME_MAX_BYTES} bytes in UTF-8 after Spark's escapes)")
+    return run_id

@@ -14,8 +14,6 @@ queries that have no candidates at all, and candidates without a first-stage ran
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +34,7 @@ class RunSummary:
     candidates_read: int = 0
     candidates_kept: int = 0
     pairs_scored: int = 0
+    non_finite_scores: int = 0  # NaN or infinite scores; a run holding any is refused
     dropped: dict[str, int] = field(default_factory=dict)
     queries_in_candidates: int = 0
     queries_without_candidates: int = 0  # in the queries, not in the candidates: not output
@@ -76,15 +75,16 @@ class RunSummary:
         out["computed_per_real_token"] = self.computed_tokens / self.real_tokens if self.real_tokens else None
         return out
 
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2, sort_keys=True, default=str) + "\n"
+
     def write_json(self, path: str) -> None:
-        """Write atomically: a reader never sees half a summary."""
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".summary-", suffix=".json")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.as_dict(), handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
+        """Write atomically (a reader never sees half a summary), readable by all (0644)."""
+        from .io.staged import StagedFile
+
+        with StagedFile(path) as staged:
+            staged.write_text(self.to_json())
+            staged.publish()
 
     def render(self) -> str:
         """A short human-readable account for the end of the log."""

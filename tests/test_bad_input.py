@@ -165,7 +165,7 @@ def bad_run(spark, tiny_models, tmp_path_factory):
     paths = _write_bad_inputs(root / "inputs")
     summary = run_job(_config(paths, tiny_models["index227"], root / "out"), spark=spark)
     rows = DeltaTable(str(root / "out")).to_pyarrow_table().to_pylist()
-    written = json.loads((root / "out.summary.json").read_text())
+    written = json.loads((root / "out.bad-1.summary.json").read_text())
     return summary, rows, written
 
 
@@ -345,7 +345,7 @@ def test_conflicting_duplicate_ids_are_refused_by_name(spark, tiny_models, tmp_p
     paths = dict(data["paths"], corpus=str(bad))
     with pytest.raises(InputError, match=r"corpus\.parquet: 2 doc_id\(s\) appear with different contents, e\.g\. \['d2', 'd3'\]"):
         run_job(_config(paths, tiny_models["index227"], tmp_path / "out"), spark=spark)
-    assert not (tmp_path / "out").exists() and not (tmp_path / "out.summary.json").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.bad-1.summary.json").exists()
     # The identical repeat alone is collapsed and counted; rows without an id are left out.
     df = spark.createDataFrame([("a", "x"), ("a", "x"), ("b", "y"), (None, "p"), (None, "q"), (" ", "r")], "query_id string, query string")
     assert check_unique_ids(df, S.QUERY_ID, [S.QUERY], "queries") == 1
@@ -370,7 +370,7 @@ def test_missing_paths_and_columns_fail_before_scoring(spark, tiny_models, tmp_p
     paths = dict(data["paths"], **{which: str(path)})
     with pytest.raises(InputError, match=message):
         run_job(_config(paths, tiny_models["index227"], tmp_path / "out"), spark=spark)
-    assert not (tmp_path / "out").exists() and not (tmp_path / "out.summary.json").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.bad-1.summary.json").exists()
 
 
 def test_malformed_json_line_is_named(spark, tiny_models, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import uuid
 from pathlib import Path
 
@@ -185,7 +186,8 @@ def test_missing_file_is_refused(tmp_path):
         ("A", ["/abs/run_id=A/x.parquet"], {}, "relative to the table root"),
         ("A", ["../run_id=A/x.parquet"], {}, "relative to the table root"),
         ("A", "run_id=A/x.parquet", {}, "single string"),
-        ("A/B", [], {}, "run_id must be non-empty"),
+        ("A/B", [], {}, r"run_id must not hold '/'"),
+        ("a%2Fb", [], {}, r"run_id must not hold '%'"),
         ("A", [], {"app_id": "nightly"}, "app_id and version go together"),
         ("A", [], {"app_id": "nightly", "version": -1}, "version must be a non-negative integer, got -1"),
     ],
@@ -200,3 +202,73 @@ def test_read_table_reads_current_version(tmp_path):
     commit_run(str(uri), "A", [_write(uri, "A", 3)])
     commit_run(str(uri), "A", [_write(uri, "A", 2)])
     assert read_table(str(uri)).num_rows == 2
+
+
+# -- concurrent runs (issue 13, case 9) ------------------------------------------------------
+
+
+def _commit_rounds(uri: str, run_id: str, rounds: list[str], barrier, results) -> None:
+    """One run's driver: commit one file per round, every round started with the other run."""
+    for rel in rounds:
+        barrier.wait(timeout=60)
+        try:
+            commit_run(uri, run_id, [rel])
+            results.put((run_id, rel, None))
+        except Exception as exc:  # reported to the test, which names it
+            results.put((run_id, rel, f"{type(exc).__name__}: {exc}"))
+
+
+def test_concurrent_commits_of_different_runs_all_land(tmp_path):
+    # Two drivers (processes: deltalake is not meant to be shared across threads at exit)
+    # replace runs A and B at the same moment, three times; C must stay as it was.
+    uri = tmp_path / "out"
+    for run_id in ("A", "B", "C"):
+        commit_run(str(uri), run_id, [_write(uri, run_id, 2, tag="old")])
+    rounds = {r: [_write(uri, r, 3 + i, tag=f"r{i}") for i in range(3)] for r in ("A", "B")}
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_commit_rounds, args=(str(uri), r, rounds[r], barrier, results)) for r in rounds]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in range(6)]
+    for p in procs:
+        p.join(timeout=60)
+    assert [o for o in outcomes if o[2] is not None] == []
+    # Every round committed (3 setup commits + 6), and the table holds the last round of
+    # A and B and the untouched C: nothing lost, nothing doubled.
+    assert DeltaTable(str(uri)).version() == 2 + 6
+    assert _content(uri) == _expected(_rows("A", 5, tag="r2"), _rows("B", 5, tag="r2"), _rows("C", 2, tag="old"))
+
+
+def _commit_first(monkeypatch, competitor) -> None:
+    """Make the next partition overwrite find that ``competitor()`` committed just before it."""
+    original = DeltaTable.create_write_transaction
+    pending = [competitor]
+
+    def racing(self, *args, **kwargs):
+        if pending:
+            pending.pop()()  # lands after this snapshot was read, before its commit
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaTable, "create_write_transaction", racing)
+
+
+def test_commit_is_retried_when_another_run_replaced_another_partition(tmp_path, monkeypatch):
+    uri = tmp_path / "out"
+    commit_run(str(uri), "A", [_write(uri, "A", 2, tag="old")])
+    commit_run(str(uri), "B", [_write(uri, "B", 2, tag="old")])
+    b_new = _write(uri, "B", 3, tag="new")
+    _commit_first(monkeypatch, lambda: commit_run(str(uri), "B", [b_new]))
+    commit_run(str(uri), "A", [_write(uri, "A", 4, tag="new")])
+    assert _content(uri) == _expected(_rows("A", 4, tag="new"), _rows("B", 3, tag="new"))
+
+
+def test_concurrent_commit_of_the_same_run_is_refused_not_overwritten(tmp_path, monkeypatch):
+    # Two runs of one night at once: the later one must not silently replace the other's rows.
+    uri = tmp_path / "out"
+    commit_run(str(uri), "A", [_write(uri, "A", 2, tag="old")])
+    other = _write(uri, "A", 3, tag="other")
+    _commit_first(monkeypatch, lambda: commit_run(str(uri), "A", [other]))
+    with pytest.raises(OutputError, match=r"another run committed run_id='A' at the same time \(table version 1\)"):
+        commit_run(str(uri), "A", [_write(uri, "A", 4, tag="mine")])
+    assert _content(uri) == _expected(_rows("A", 3, tag="other"))

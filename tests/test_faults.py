@@ -296,7 +296,7 @@ def test_driver_killed_before_commit_leaves_table_unchanged_and_rerun_completes(
     live = {uri.split(str(out).rstrip("/") + "/", 1)[-1] for uri in table.file_uris()}
     assert live and not set(orphans) & live
     assert _rows(out) == before
-    assert json.loads((tmp_path / "table.summary.json").read_text())["settings"]["top_k"] == 5  # not the killed run's
+    assert json.loads((tmp_path / "table.night-1.summary.json").read_text())["settings"]["top_k"] == 5  # not the killed run's
 
     # The rerun completes the night: its top-3 equals the top-3 of the earlier top-5.
     top3 = [r for r in before if r[S.OUTPUT_COLUMNS.index(S.RANK)] <= 3]

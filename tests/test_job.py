@@ -71,7 +71,7 @@ def test_topk_equals_core_and_delta_is_readable(spark, tiny_models, data, tmp_pa
     assert {r[S.RUN_ID] for r in table.to_pylist()} == {"night-1"}
     assert all(r[S.MODEL].endswith(summary.settings["model_fingerprint"][:16]) for r in table.to_pylist())
     # The summary is beside the table, not inside it, and balances.
-    written = json.loads((tmp_path / "reranked.summary.json").read_text())
+    written = json.loads((tmp_path / "reranked.night-1.summary.json").read_text())
     assert written["accounted"] is True
     assert written["candidates_read"] == written["pairs_scored"] == 12 * 12
 

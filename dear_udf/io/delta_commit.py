@@ -19,12 +19,20 @@ deltalake (delta-rs) calls used, checked against deltalake 1.6.6:
 - ``AddAction.path`` is the plain relative path; delta-rs percent-encodes it in the log.
 - ``CommitProperties(app_transactions=[Transaction(app_id, version)])`` records an
   idempotency marker that ``DeltaTable.transaction_version(app_id)`` reads back.
+- Concurrent runs: delta-rs treats a partition overwrite as reading the whole table, so a
+  commit fails with ``CommitFailedError`` ("a concurrent transaction deleted data this
+  operation read") when another run replaced *another* partition meanwhile. ``commit_run``
+  then compares this partition's files before and after; if they are unchanged it retries
+  from the new snapshot (what a serial commit would have done), else it refuses: another
+  run of the same night committed, and retrying would silently replace its rows.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+import random
+import time
 from collections.abc import Sequence
 from urllib.parse import unquote
 
@@ -34,11 +42,12 @@ from .. import schema as S
 from ..exceptions import ConfigError, OutputError
 
 PARTITION_BY = [S.RUN_ID]
+# Attempts of one commit while other runs commit to other partitions at the same moment.
+COMMIT_ATTEMPTS = 8
 
 
 def _check_arguments(run_id: str, files: Sequence[str], app_id: str | None, version: int | None) -> list[str]:
-    if not isinstance(run_id, str) or not run_id or "/" in run_id or "=" in run_id:
-        raise ConfigError(f"run_id must be non-empty and hold no '/' or '=', got {run_id!r}.")
+    S.check_run_id(run_id)
     if isinstance(files, str):
         raise ConfigError(f"files must be a list of paths, got the single string {files!r}.")
     if (app_id is None) != (version is None):
@@ -59,22 +68,6 @@ def _check_arguments(run_id: str, files: Sequence[str], app_id: str | None, vers
     if len(set(cleaned)) != len(cleaned):
         raise ConfigError(f"files holds duplicate paths: {sorted(p for p in set(cleaned) if cleaned.count(p) > 1)}.")
     return cleaned
-
-
-def _plain(schema: pa.Schema) -> dict[str, pa.DataType]:
-    """Field name -> type, with the large/view string variants folded into ``string``."""
-    fold = {pa.large_string(): pa.string(), pa.string_view(): pa.string()}
-    return {f.name: fold.get(f.type, f.type) for f in schema}
-
-
-def _schema_difference(actual: pa.Schema, expected: pa.Schema) -> str | None:
-    got, want = _plain(actual), _plain(expected)
-    if got == want:
-        return None
-    missing = sorted(set(want) - set(got))
-    extra = sorted(set(got) - set(want))
-    retyped = {n: f"{got[n]} (expected {want[n]})" for n in want if n in got and got[n] != want[n]}
-    return f"missing {missing}, unexpected {extra}, wrong types {retyped}"
 
 
 def _add_actions(table_uri: str, run_id: str, files: list[str], storage_options: dict[str, str] | None) -> list:
@@ -104,7 +97,7 @@ def _add_actions(table_uri: str, run_id: str, files: list[str], storage_options:
         file_schema = meta.schema.to_arrow_schema()
         if S.RUN_ID in file_schema.names:
             file_schema = file_schema.remove(file_schema.get_field_index(S.RUN_ID))
-        diff = _schema_difference(file_schema, data_schema)
+        diff = S.schema_difference(file_schema, data_schema)
         if diff:
             raise OutputError(f"{table_uri}: file {path!r} does not hold the output schema: {diff}.")
         adds.append(
@@ -154,7 +147,8 @@ def commit_run(
     Raises:
         ConfigError: bad ``run_id``, ``files``, ``app_id``/``version``.
         OutputError: a file is missing or off-schema, the table's schema or partitioning
-            differs from the output's, or the commit failed.
+            differs from the output's, another run committed the same ``run_id`` at the same
+            moment, or the commit failed.
 
     Example:
         >>> commit_run("out/reranked", "2024-05-01",
@@ -162,54 +156,114 @@ def commit_run(
         ... # doctest: +SKIP
         3
     """
-    from deltalake import CommitProperties, DeltaTable, Schema, Transaction
-    from deltalake.exceptions import DeltaError, TableNotFoundError
-    from deltalake.transaction import create_table_with_add_actions
+    from deltalake import CommitProperties, Transaction
+    from deltalake.exceptions import DeltaError
 
     files = _check_arguments(run_id, files, app_id, version)
     props = CommitProperties(
         app_transactions=[Transaction(app_id, version)] if app_id is not None else None,
         custom_metadata={"dear_rerank.run_id": run_id},
     )
-    try:
-        table = DeltaTable(table_uri, storage_options=storage_options)
-    except TableNotFoundError:
-        table = None
     adds = _add_actions(table_uri, run_id, files, storage_options)
+    table = _open(table_uri, storage_options)
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        seen = _partition_state(table, run_id)
+        try:
+            if table is None:
+                _create(table_uri, adds, props, storage_options)
+            else:
+                check_table(table_uri, table=table)
+                table.create_write_transaction(
+                    adds,
+                    mode="overwrite",
+                    schema=S.OUTPUT_ARROW_SCHEMA,
+                    partition_by=PARTITION_BY,
+                    partition_filters=[(S.RUN_ID, "=", run_id)],
+                    commit_properties=props,
+                )
+            return _open(table_uri, storage_options).version()
+        except DeltaError as exc:
+            table = _open(table_uri, storage_options)
+            _retry_or_raise(table_uri, run_id, seen, _partition_state(table, run_id), exc, attempt)
+            time.sleep(random.uniform(0.02, 0.1) * attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _open(table_uri: str, storage_options: dict[str, str] | None):
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
     try:
-        if table is None:
-            # mode="error": if another driver created the table meanwhile, fail loudly
-            # rather than overwrite its commit.
-            create_table_with_add_actions(
-                table_uri,
-                Schema.from_arrow(S.OUTPUT_ARROW_SCHEMA),
-                adds,
-                mode="error",
-                partition_by=PARTITION_BY,
-                storage_options=storage_options,
-                commit_properties=props,
-            )
-        else:
-            _check_table(table_uri, table)
-            table.create_write_transaction(
-                adds,
-                mode="overwrite",
-                schema=S.OUTPUT_ARROW_SCHEMA,
-                partition_by=PARTITION_BY,
-                partition_filters=[(S.RUN_ID, "=", run_id)],
-                commit_properties=props,
-            )
-    except DeltaError as exc:
-        raise OutputError(f"{table_uri}: commit of run_id={run_id!r} failed ({exc}).") from exc
-    return DeltaTable(table_uri, storage_options=storage_options).version()
+        return DeltaTable(table_uri, storage_options=storage_options)
+    except TableNotFoundError:
+        return None
 
 
-def _check_table(table_uri: str, table) -> None:
-    """Refuse a table this job did not make: overwrite would rewrite its schema silently."""
+def _create(table_uri: str, adds: list, props, storage_options: dict[str, str] | None) -> None:
+    from deltalake import Schema
+    from deltalake.transaction import create_table_with_add_actions
+
+    # mode="error": if another driver created the table meanwhile, this fails and the
+    # retry commits into that table instead of overwriting its first commit.
+    create_table_with_add_actions(
+        table_uri,
+        Schema.from_arrow(S.OUTPUT_ARROW_SCHEMA),
+        adds,
+        mode="error",
+        partition_by=PARTITION_BY,
+        storage_options=storage_options,
+        commit_properties=props,
+    )
+
+
+def _partition_state(table, run_id: str) -> tuple[int, list[str]]:
+    """The table's version and the files of partition ``run_id`` in it; (-1, []) for no table."""
+    if table is None:
+        return -1, []
+    return table.version(), sorted(table.file_uris(partition_filters=[(S.RUN_ID, "=", run_id)]))
+
+
+def _retry_or_raise(table_uri: str, run_id: str, seen: tuple, now: tuple, exc: Exception, attempt: int) -> None:
+    """After a failed commit: retry only when other runs committed and left this partition alone.
+
+    delta-rs reads the whole table for a partition overwrite, so a concurrent commit that
+    removed files of *another* partition fails this one ("a concurrent transaction deleted
+    data this operation read"). Retrying from the newer snapshot is then exactly what a
+    serial commit would have done. A concurrent commit that changed *this* partition is
+    another run of the same night: retrying would silently replace its rows, so refuse.
+    """
+    reason = " ".join(str(exc).split())
+    if now[0] == seen[0]:
+        raise OutputError(f"{table_uri}: commit of run_id={run_id!r} failed ({reason}).") from exc
+    if now[1] != seen[1]:
+        raise OutputError(
+            f"{table_uri}: another run committed run_id={run_id!r} at the same time (table version {now[0]}); "
+            "this run's commit was not applied. Rerun it if its rows should replace the other run's."
+        ) from exc
+    if attempt >= COMMIT_ATTEMPTS:
+        raise OutputError(
+            f"{table_uri}: commit of run_id={run_id!r} still conflicted with other runs' commits after "
+            f"{attempt} attempts ({reason})."
+        ) from exc
+
+
+def check_table(table_uri: str, *, table=None, storage_options: dict[str, str] | None = None) -> None:
+    """Refuse a Delta table this job did not make (other partitioning or schema).
+
+    A partition overwrite with delta-rs would silently rewrite the table's schema, so the
+    job checks before scoring (``spark/preflight.py``) and again at commit. A folder
+    without a table passes.
+
+    Raises:
+        OutputError: naming the partition columns or the schema difference.
+    """
+    table = table if table is not None else _open(table_uri, storage_options)
+    if table is None:
+        return
     partitions = list(table.metadata().partition_columns)
     if partitions != PARTITION_BY:
         raise OutputError(f"{table_uri}: table is partitioned by {partitions}, expected {PARTITION_BY}.")
-    diff = _schema_difference(pa.schema(table.schema().to_arrow()), S.OUTPUT_ARROW_SCHEMA)
+    diff = S.schema_difference(pa.schema(table.schema().to_arrow()), S.OUTPUT_ARROW_SCHEMA)
     if diff:
         raise OutputError(f"{table_uri}: table schema differs from the output schema: {diff}.")
 

@@ -52,6 +52,11 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 _IDENT = re.compile(r"^`?[A-Za-z_][\w-]*`?$")
 
 
+def is_uri(path: str) -> bool:
+    """True for ``scheme:/...`` paths (``s3://``, ``dbfs:/``, ``file:/``), which Spark opens."""
+    return bool(_SCHEME.match(path))
+
+
 # ----------------------------------------------------------------------------- inference
 
 

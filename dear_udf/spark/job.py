@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from .. import schema as S
-from ..config import JobConfig, add_layout_arguments, build_job_config, layout_values, load_yaml, merge
-from ..exceptions import DearRerankError
+from ..config import JobConfig, add_layout_arguments, build_job_config, expand_shorthand, layout_values, load_yaml, merge
 from ..summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -70,20 +70,26 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
     """Run one reranking job and return its summary (also written as JSON and printed).
 
     Raises:
+        OutputError: before reading anything, when the output folder, the summary or the
+            TREC file is refused (``preflight.py``); or when the commit fails.
         InputError: before any scoring, when an input is missing, unreadable or lacks
             columns, or has conflicting duplicate ids.
         ModelLoadError: when the model cannot be resolved or is refused.
+        RunRefusedError: before writing, when the run is empty, drops too much, or has
+            non-finite scores (``guards.py``).
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    from .. import guards
     from ..model import check_device, inspect_model
-    from . import faults, read, stages
+    from . import faults, preflight, read, stages
     from .session import executors_on_this_machine, get_session
     from .udf import CounterParam, ScoringSettings, score_pairs, worker_errors
-    from .write import write_output
 
     started = time.perf_counter()
+    spark = spark or get_session(master=config.master, conf=config.spark_conf, arrow_batch_size=config.arrow_batch_size)
+    preflight.check_paths(config, spark=spark)  # seconds, before any input is read or model loaded
     info = inspect_model(config.model, config.layout)
     summary = RunSummary(run_id=config.run_id, model=info.label, output=config.output, format=config.format)
     summary.settings = {
@@ -97,9 +103,10 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
         "device": config.model.device or "auto",
         "model_fingerprint": info.fingerprint,
         "model_revision": info.revision,
+        "max_drop_share": config.max_drop_share,
+        "allow_empty": config.allow_empty,
     }
 
-    spark = spark or get_session(master=config.master, conf=config.spark_conf, arrow_batch_size=config.arrow_batch_size)
     if executors_on_this_machine(spark):  # else only the executors can tell, when they load
         check_device(config.model.device)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_size))
@@ -137,6 +144,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
                     summary.candidates_kept = count
                 else:
                     summary.dropped[reason] = count
+        guards.check_kept(summary, max_drop_share=config.max_drop_share, allow_empty=config.allow_empty)
 
         with _stage(summary, "score"):
             partitions = config.scoring_partitions or spark.sparkContext.defaultParallelism
@@ -152,8 +160,10 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
             scored = score_pairs(pairs, settings, counters).persist(StorageLevel.MEMORY_AND_DISK)
             persisted.append(scored)
             with worker_errors():  # a worker's refusal (no CUDA there, other files) in one line
-                for name, value in stages.pooling_counts(scored).items():
-                    setattr(summary, name, value)
+                counts = stages.score_counts(scored)
+            examples = counts.pop("non_finite_examples")
+            for name, value in counts.items():
+                setattr(summary, name, value)
             _warn_pooled_in_query(summary, config.layout.pooling)
             stats = counters.value
             summary.model_loads = int(stats.get("model_loads", 0))
@@ -162,10 +172,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
             summary.computed_tokens = int(stats.get("computed_tokens", 0))
         score_seconds = summary.stage_seconds["score"]
         summary.pairs_per_second = round(summary.pairs_scored / score_seconds, 2) if score_seconds else 0.0
-        if summary.pairs_scored != summary.candidates_kept:
-            raise DearRerankError(
-                f"scored {summary.pairs_scored} pairs but kept {summary.candidates_kept}; refusing to write."
-            )
+        guards.check_scored(summary, examples=examples)
 
         with _stage(summary, "topk"):
             top = stages.top_k(scored, k=config.top_k, run_id=config.run_id, model=info.label).persist(StorageLevel.MEMORY_AND_DISK)
@@ -184,27 +191,15 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
                 r[S.QUERY_ID] for r in nothing.limit(NOTHING_TO_RANK_LISTED).collect()
             )
 
-        if not (summary.accounted and summary.queries_accounted):
-            raise DearRerankError(f"accounting does not balance; refusing to write: {summary.as_dict()}")
-
-        with _stage(summary, "write"):
-            summary.write = write_output(top, output=config.output, fmt=config.format, run_id=config.run_id)
-            if config.trec_out:
-                from ..io.trec import write_trec_run
-
-                write_trec_run(top.select(S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE).toArrow(), config.trec_out, tag=f"dear-{config.run_id}")
+        guards.check_accounted(summary)
 
         if config.qrels is not None:
             with _stage(summary, "evaluate"):
                 summary.metrics = _evaluate(spark, config, status, top)
+        _write_last(config, summary, top, started)
     finally:
         for df in persisted:
             df.unpersist()
-
-    summary.wall_seconds = round(time.perf_counter() - started, 3)
-    if not (summary.accounted and summary.queries_accounted):
-        raise DearRerankError(f"accounting does not balance: {summary.as_dict()}")
-    summary.write_json(config.summary_path)
     print(summary.render())
     return summary
 
@@ -218,6 +213,33 @@ def _warn_pooled_in_query(summary: RunSummary, pooling: str) -> None:
             pooling,
             ", ".join(summary.queries_pooled_in_query_examples),
         )
+
+
+def _write_last(config: JobConfig, summary: RunSummary, top: Any, started: float) -> None:
+    """Commit the table as the last step that can fail.
+
+    The TREC run is written, and the summary's file created, beside their targets before
+    the commit; after it they are only renamed into place. A run that fails before its
+    commit leaves the table, the TREC file and the summary as they were.
+    """
+    from ..io.staged import StagedFile
+    from ..io.trec import write_trec_run
+    from .write import write_output
+
+    with ExitStack() as stack:
+        summary_file = stack.enter_context(StagedFile(config.summary_path))
+        trec_file = stack.enter_context(StagedFile(config.trec_out)) if config.trec_out else None
+        if trec_file is not None:
+            # A TREC tag is one word; a run id may hold spaces.
+            tag = "dear-" + re.sub(r"\s", "_", config.run_id)
+            write_trec_run(top.select(S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE).toArrow(), trec_file.tmp, tag=tag)
+        with _stage(summary, "write"):
+            summary.write = write_output(top, output=config.output, fmt=config.format, run_id=config.run_id)
+        if trec_file is not None:
+            trec_file.publish()
+        summary.wall_seconds = round(time.perf_counter() - started, 3)
+        summary_file.write_text(summary.to_json())
+        summary_file.publish()
 
 
 def _evaluate(spark: Any, config: JobConfig, status: Any, top: Any) -> dict[str, Any]:
@@ -258,19 +280,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["delta", "parquet"], help="output format (default delta)")
     parser.add_argument("--top-k", type=int, dest="top_k", help="rows kept per query (default 10)")
     parser.add_argument("--depth", type=int, help="first-stage candidates reranked per query (default 100)")
-    parser.add_argument("--run-id", dest="run_id", help="run partition; a rerun with the same id replaces it (default: today's UTC date)")
-    parser.add_argument("--summary", help="where to write the run summary JSON (default: <output>.summary.json)")
+    parser.add_argument(
+        "--run-id",
+        dest="run_id",
+        help="run partition; a rerun with the same id replaces it (default: today's UTC date); at most 200 "
+        "characters, no %%, / or =, no control characters, no spaces at either end",
+    )
+    parser.add_argument("--summary", help="where to write the run summary JSON (default: <output>.<run_id>.summary.json)")
     parser.add_argument("--trec-out", dest="trec_out", help="also write the top-k as a TREC run file")
     parser.add_argument("--batch-size", type=int, dest="batch_size", help="pairs per micro-batch (default 128)")
     parser.add_argument("--max-tokens", type=int, dest="max_tokens", help="token budget per micro-batch")
     add_layout_arguments(parser)
     parser.add_argument("--master", help="Spark master, e.g. local[2]; default: the session's")
-    parser.add_argument("--partitions", type=int, dest="scoring_partitions", help="scoring partitions")
+    parser.add_argument("--partitions", type=int, dest="scoring_partitions", help="scoring partitions (YAML: scoring_partitions)")
+    parser.add_argument(
+        "--max-drop-share",
+        type=float,
+        dest="max_drop_share",
+        help="refuse to write when more than this share of the candidates within depth is dropped (default 0.5)",
+    )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        default=None,
+        dest="allow_empty",
+        help="write even a run that scored nothing or dropped more than --max-drop-share",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     """Merge the YAML file (if any) with the flags given."""
-    base = load_yaml(args.config) if getattr(args, "config", None) else {}
+    base = expand_shorthand(load_yaml(args.config)) if getattr(args, "config", None) else {}
     model = {
         "model": args.model,
         "adapter": args.adapter,
@@ -295,19 +335,22 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         "max_tokens": args.max_tokens,
         "master": args.master,
         "scoring_partitions": args.scoring_partitions,
-        "model": {k: v for k, v in model.items() if v is not None},
+        "max_drop_share": args.max_drop_share,
+        "allow_empty": args.allow_empty,
+        "model": {k: v for k, v in model.items() if v is not None} or None,
         "layout": layout_values(args),
     }
-    # A path flag replaces the file's whole input entry's path but keeps its columns/format.
+    # A path flag replaces the file's input entry's path but keeps its columns/format.
     for name in ("queries", "corpus", "candidates", "qrels"):
-        if flags[name] is not None and isinstance(base.get(name), dict):
+        if flags[name] is not None and name in base:
             flags[name] = {"path": flags[name]}
     values = merge(base, flags)
     model_values = values.get("model") or {}
-    model_values.setdefault("device", None)
-    if not model_values.get("model") and not model_values.get("adapter"):
-        model_values = {}
-    values["model"] = model_values or None
+    if isinstance(model_values, dict):  # anything else is refused by name below
+        model_values.setdefault("device", None)
+        if not model_values.get("model") and not model_values.get("adapter"):
+            model_values = {}
+        values["model"] = model_values or None
     return build_job_config(values, where=args.config or "flags")
 
 

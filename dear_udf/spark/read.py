@@ -187,16 +187,34 @@ def _read_delta(spark: Any, path: str) -> Any:
     return spark.createDataFrame(table.to_pyarrow_table())
 
 
-def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
+def check_input(spec: InputSpec, kind: Kind) -> str:
+    """Check, without Spark, that an input's files are there; return its format.
+
+    The job calls this for every input before it reads any (``preflight.py``). Catalog
+    tables and remote URIs are checked when read.
+
+    Raises:
+        InputError: the path does not exist, its format cannot be told, or a BEIR folder
+            lacks the file ``kind`` needs.
+    """
     fmt = _format(spec)
-    path = spec.path
-    if fmt != "table":
-        _check_exists(path)
+    if fmt == "table":
+        return fmt
+    _check_exists(spec.path)
     if fmt == "beir":
         if kind == "candidates":
-            raise InputError(f"{path}: a BEIR folder holds no first-stage candidates; give a run file.")
+            raise InputError(f"{spec.path}: a BEIR folder holds no first-stage candidates; give a run file.")
+        inner = os.path.join(spec.path, BEIR_FILES[kind])
+        if not _is_uri(inner) and not os.path.isfile(inner):
+            raise InputError(f"{spec.path}: this BEIR folder has no {BEIR_FILES[kind]}, needed for {kind}.")
+    return fmt
+
+
+def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
+    fmt = check_input(spec, kind)
+    path = spec.path
+    if fmt == "beir":
         inner = os.path.join(path, BEIR_FILES[kind])
-        _check_exists(inner)
         if kind == "qrels":
             return _read_qrels_text(spark, inner)
         return _read_jsonl(spark, inner)

@@ -189,14 +189,17 @@ def top_k(scored: Any, *, k: int, run_id: str, model: str) -> Any:
 POOLED_IN_QUERY_LISTED = 10  # query ids named in the summary and the warning; all are counted
 
 
-def pooling_counts(scored: Any) -> dict[str, Any]:
-    """Pairs scored, pairs pooled early, and the queries pooled inside the query, in one pass
-    (plus a second, small one naming the first few such queries)."""
+def score_counts(scored: Any) -> dict[str, Any]:
+    """One pass over the scores: pairs scored, non-finite scores, pairs pooled early and
+    inside the query, queries pooled inside the query; then small lookups naming the first
+    few such queries and non-finite scores."""
     from pyspark.sql import functions as F
 
     in_query = F.col(S.POOLED_IN_QUERY)
+    finite = ~F.isnan(S.SCORE) & (F.abs(F.col(S.SCORE)) != float("inf"))
     row = scored.agg(
         F.count(F.lit(1)).alias("pairs"),
+        F.sum(F.when(finite, 0).otherwise(1)).alias("bad"),
         F.sum(F.col(S.POOLED_EARLY).cast("int")).alias("early"),
         F.sum(in_query.cast("int")).alias("in_query"),
         F.countDistinct(F.when(in_query, F.col(S.QUERY_ID))).alias("queries"),
@@ -205,8 +208,13 @@ def pooling_counts(scored: Any) -> dict[str, Any]:
     if row["queries"]:
         first = scored.where(in_query).select(S.QUERY_ID).distinct().orderBy(S.QUERY_ID).limit(POOLED_IN_QUERY_LISTED)
         examples = [r[S.QUERY_ID] for r in first.collect()]
+    non_finite: list[str] = []
+    if row["bad"]:
+        non_finite = [f"{r[S.QUERY_ID]}/{r[S.DOC_ID]}={r[S.SCORE]}" for r in scored.filter(~finite).limit(3).collect()]
     return {
         "pairs_scored": int(row["pairs"]),
+        "non_finite_scores": int(row["bad"] or 0),
+        "non_finite_examples": non_finite,
         "pairs_pooled_early": int(row["early"] or 0),
         "pairs_pooled_in_query": int(row["in_query"] or 0),
         "queries_pooled_in_query": int(row["queries"]),

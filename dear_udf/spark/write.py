@@ -15,7 +15,9 @@ a run that fails before its commit leaves the table as it was.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import uuid
 from typing import Any, Literal
 
@@ -64,7 +66,15 @@ def _deltalake(df: Any, output: str, run_id: str) -> dict[str, Any]:
     )
     # Tests stop the driver here (files written, nothing committed); a no-op otherwise.
     faults.driver_point("before-commit", files=files, table=root)
-    version = commit_run(root, run_id, files)
+    try:
+        version = commit_run(root, run_id, files)
+    except Exception:
+        # Never referenced by the log, so invisible to readers; but a refused run leaves
+        # nothing behind in someone else's folder.
+        shutil.rmtree(os.path.join(root, relative_dir), ignore_errors=True)
+        with contextlib.suppress(OSError):  # the partition folder, if this run made it
+            os.rmdir(os.path.join(root, relative_dir.split("/")[0]))
+        raise
     return {"writer": "deltalake", "delta_version": version, "files": len(files)}
 
 
