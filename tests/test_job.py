@@ -213,7 +213,7 @@ def test_pooling_rule_and_queries_pooled_inside_the_query(spark, tiny_models, da
         assert summary.pairs_pooled_early == summary.pairs_pooled_in_query == summary.queries_pooled_in_query == 0
         assert len({r[S.SCORE] for r in rows if r[S.QUERY_ID] == "q0"}) > 1
         assert "pooled inside the query" not in caplog.text
-    written = json.loads((tmp_path / "reranked.summary.json").read_text())
+    written = json.loads(open(config.summary_path).read())
     assert written["queries_pooled_in_query"] == summary.queries_pooled_in_query
 
 
