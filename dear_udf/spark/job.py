@@ -31,11 +31,15 @@ NOTHING_TO_RANK_LISTED = 1000  # queries listed by id in the summary; all are co
 
 @contextmanager
 def _stage(summary: RunSummary, name: str):
+    from . import progress
+
+    progress.set_step(name)
     start = time.perf_counter()
     try:
         yield
     finally:
         summary.stage_seconds[name] = round(time.perf_counter() - start, 3)
+    log.info("%s done in %.1fs", name, summary.stage_seconds[name])
 
 
 def _profile(df: Any, *, text_columns: Sequence[str] = (), id_column: str | None = None, first_stage: bool = False) -> dict[str, int]:
@@ -79,6 +83,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
 
     from ..model import inspect_model
     from . import faults, read, stages
+    from .progress import StageProgress
     from .session import get_session
     from .udf import CounterParam, ScoringSettings, score_pairs
     from .write import write_output
@@ -103,6 +108,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
     if injected:  # tests only: a run with injected faults says so
         summary.settings["fault_injection"] = injected
     persisted: list[Any] = []
+    reporter = StageProgress(spark).start()
 
     try:
         with _stage(summary, "read"):
@@ -191,6 +197,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
             with _stage(summary, "evaluate"):
                 summary.metrics = _evaluate(spark, config, status, top)
     finally:
+        reporter.stop()
         for df in persisted:
             df.unpersist()
 
@@ -225,7 +232,7 @@ def _evaluate(spark: Any, config: JobConfig, status: Any, top: Any) -> dict[str,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file from conf/ (flags override it)")
+    parser.add_argument("--config", help="a packaged profile (local, gpu-cluster, databricks) or a YAML file; flags override it")
     parser.add_argument("--queries", help="queries: Parquet, Delta, table, JSONL, TSV, BEIR folder")
     parser.add_argument("--corpus", help="documents: Parquet, Delta, table, JSONL, TSV, BEIR folder")
     parser.add_argument("--candidates", help="first-stage candidates: TREC run, Parquet, Delta, table, JSONL")
