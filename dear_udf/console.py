@@ -80,16 +80,30 @@ def progress_bar(total: int, *, desc: str, unit: str, file=None):
     from tqdm import tqdm
 
     stream = file or sys.stderr
+    shown = _isatty(stream)
+    sized = shown and min(_terminal_size(stream)) > 0
     return tqdm(
         total=total,
         desc=desc,
         unit=f" {unit}",
-        unit_scale=True,
-        dynamic_ncols=True,
+        unit_scale=total >= 10_000,  # 1.2M/3.4M for big files; exact counts below
+        # A terminal that reports no size (a pseudo-terminal nobody sized, as under `script`
+        # or in CI) gets 100x24: tqdm would otherwise hide the bar below "row 0".
+        dynamic_ncols=sized,
+        ncols=None if sized else 100,
+        nrows=None if sized else 24,
         file=stream,
-        disable=not _isatty(stream),
+        disable=not shown,
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]",
     )
+
+
+def _terminal_size(stream) -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        return (0, 0)
+    return (size.columns, size.lines)
 
 
 def _isatty(stream) -> bool:

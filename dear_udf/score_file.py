@@ -1,6 +1,7 @@
 """``dear-rerank score``: score a Parquet file of pairs with the scoring core, no Spark.
 
-For people debugging a model and for checks outside the test suite:
+For people debugging a model and for checks outside the test suite. On a terminal, stderr
+shows a progress bar with pairs/s and the time left; redirected, it stays clean.
 
     dear-rerank score --model PATH [--adapter PATH] --pairs IN.parquet --out OUT.parquet \\
         [--dtype float32|bfloat16|float16] [--device cpu|cuda|cuda:N] [--batch-size N]
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from . import schema as S
 from .exceptions import InputError
+
+CHUNK_ROWS = 4096  # pairs per call of the scorer (a progress step; see main)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,10 +45,22 @@ def read_pairs(path: str):
     return table
 
 
+def _chunks(table, rows: int):
+    titles = table.column(S.TITLE) if S.TITLE in table.column_names else None
+    for start in range(0, table.num_rows, rows):
+        yield (
+            table.column(S.QUERY).slice(start, rows).to_pylist(),
+            None if titles is None else titles.slice(start, rows).to_pylist(),
+            table.column(S.TEXT).slice(start, rows).to_pylist(),
+        )
+
+
 def main(args: argparse.Namespace) -> int:
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from .console import progress_bar
     from .model import ModelSpec, load_model
     from .scorer import Scorer
 
@@ -60,10 +75,14 @@ def main(args: argparse.Namespace) -> int:
     )
     loaded = load_model(spec)
     scorer = Scorer(loaded, batch_size=args.batch_size, max_tokens="auto" if args.max_tokens is None else args.max_tokens)
-    titles = table.column(S.TITLE).to_pylist() if S.TITLE in table.column_names else None
-    scores = scorer.score(
-        table.column(S.QUERY).to_pylist(), titles, table.column(S.TEXT).to_pylist()
-    )
+    scores = []
+    # Chunks as the Spark job's Arrow batches: the bar moves, and on a GPU the next chunk is
+    # tokenized while the current one is scored. A pair's score does not depend on its chunk.
+    with progress_bar(table.num_rows, desc="scoring", unit="pairs") as bar:
+        for chunk_scores in scorer.score_stream(_chunks(table, CHUNK_ROWS)):
+            scores.append(chunk_scores)
+            bar.update(len(chunk_scores))
+    scores = np.concatenate(scores) if scores else np.empty(0, dtype=np.float32)
     out = pa.table(
         {
             S.QUERY_ID: table.column(S.QUERY_ID).cast(pa.string()),
