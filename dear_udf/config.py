@@ -27,6 +27,7 @@ from typing import Any, Literal
 from .exceptions import ConfigError
 from .layout import Layout
 from .model import ModelSpec
+from .tracking import TrackingSpec, tracking_spec
 
 InputFormat = Literal["parquet", "delta", "table", "jsonl", "tsv", "trec", "qrels", "beir"]
 INPUT_FORMATS = ("parquet", "delta", "table", "jsonl", "tsv", "trec", "qrels", "beir")
@@ -82,6 +83,7 @@ class JobConfig:
     arrow_batch_size: int = 10000  # spark.sql.execution.arrow.maxRecordsPerBatch
     scoring_partitions: int | None = None  # None: Spark's default parallelism
     spark_conf: Mapping[str, str] = field(default_factory=dict)
+    mlflow: TrackingSpec | None = None  # None: not tracked (see tracking.py)
 
     def __post_init__(self) -> None:
         for name in ("top_k", "depth", "batch_size", "arrow_batch_size"):
@@ -181,6 +183,8 @@ def build_job_config(values: Mapping[str, Any], *, where: str = "config") -> Job
         raw = values.get(name)
         if isinstance(raw, Mapping):
             values[name] = _build(cls, raw, f"{where}: {name}")
+    if "mlflow" in values:
+        values["mlflow"] = tracking_spec(values["mlflow"], where=where)
     if isinstance(values.get("spark_conf"), Mapping):
         values["spark_conf"] = {str(k): str(v) for k, v in values["spark_conf"].items()}
     missing = [n for n in ("queries", "corpus", "candidates", "output", "model") if values.get(n) in (None, "")]

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .. import schema as S
+from .. import tracking
 from ..config import JobConfig, build_job_config, load_yaml, merge
 from ..exceptions import DearRerankError
 from ..summary import RunSummary
@@ -89,6 +90,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
     from .write import write_output
 
     started = time.perf_counter()
+    report_png = tracking.report_path(config.summary_path) if config.mlflow is not None else None
     info = inspect_model(config.model, config.layout)
     summary = RunSummary(run_id=config.run_id, model=info.label, output=config.output, format=config.format)
     summary.settings = {
@@ -195,7 +197,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
 
         if config.qrels is not None:
             with _stage(summary, "evaluate"):
-                summary.metrics = _evaluate(spark, config, status, top)
+                summary.metrics = _evaluate(spark, config, status, top, report_png=report_png)
     finally:
         reporter.stop()
         for df in persisted:
@@ -206,11 +208,14 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
         raise DearRerankError(f"accounting does not balance: {summary.as_dict()}")
     summary.write_json(config.summary_path)
     print(summary.render())
+    if config.mlflow is not None:
+        tracking.log_run(config.mlflow, summary=summary, params=tracking.run_params(config, summary),
+                         summary_path=config.summary_path, report_png=report_png)
     return summary
 
 
-def _evaluate(spark: Any, config: JobConfig, status: Any, top: Any) -> dict[str, Any]:
-    """First stage vs reranked, on the queries that have judgements."""
+def _evaluate(spark: Any, config: JobConfig, status: Any, top: Any, *, report_png: str | None = None) -> dict[str, Any]:
+    """First stage vs reranked, on the queries that have judgements (and their figure)."""
     from pyspark.sql import functions as F
 
     from ..evaluate import compare
@@ -225,7 +230,16 @@ def _evaluate(spark: Any, config: JobConfig, status: Any, top: Any) -> dict[str,
         .select(S.QUERY_ID, S.DOC_ID, (-F.col(S.FIRST_STAGE_RANK).cast("double")).alias(S.SCORE))
     )
     reranked = top.join(judged, S.QUERY_ID, "left_semi").select(S.QUERY_ID, S.DOC_ID, S.SCORE)
-    return compare(first.toArrow(), reranked.toArrow(), qrels.toArrow(), k=config.top_k)
+    first, reranked, qrels = first.toArrow(), reranked.toArrow(), qrels.toArrow()
+    metrics = compare(first, reranked, qrels, k=config.top_k)
+    if report_png:
+        try:
+            from ..report import write_report
+
+            write_report(first, reranked, qrels, report_png)
+        except Exception as exc:  # noqa: BLE001 - the output is committed; the figure is extra
+            log.warning("could not write the report figure %s (%s: %s)", report_png, type(exc).__name__, exc)
+    return metrics
 
 
 # -- command line ------------------------------------------------------------------------
@@ -254,6 +268,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, dest="max_tokens", help="token budget per micro-batch")
     parser.add_argument("--master", help="Spark master, e.g. local[2]; default: the session's")
     parser.add_argument("--partitions", type=int, dest="scoring_partitions", help="scoring partitions")
+    parser.add_argument("--mlflow", action="store_true", default=None, help="log the run to MLflow (needs the mlflow extra)")
+    parser.add_argument("--mlflow-experiment", dest="mlflow_experiment", help="MLflow experiment (implies --mlflow)")
+    parser.add_argument("--mlflow-tracking-uri", dest="mlflow_tracking_uri", help="MLflow tracking URI (implies --mlflow)")
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
@@ -284,6 +301,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         "master": args.master,
         "scoring_partitions": args.scoring_partitions,
         "model": {k: v for k, v in model.items() if v is not None},
+        "mlflow": _mlflow_flags(args, base.get("mlflow")),
     }
     # A path flag replaces the file's whole input entry's path but keeps its columns/format.
     for name in ("queries", "corpus", "candidates", "qrels"):
@@ -296,6 +314,15 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         model_values = {}
     values["model"] = model_values or None
     return build_job_config(values, where=args.config or "flags")
+
+
+def _mlflow_flags(args: argparse.Namespace, from_file: Any) -> Any:
+    given = {"experiment": getattr(args, "mlflow_experiment", None), "tracking_uri": getattr(args, "mlflow_tracking_uri", None)}
+    given = {k: v for k, v in given.items() if v}
+    if given:
+        return given
+    # --mlflow alone turns tracking on, keeping the file's experiment and URI if it has them.
+    return True if getattr(args, "mlflow", None) and not isinstance(from_file, dict) else None
 
 
 def main(args: argparse.Namespace) -> int:
