@@ -29,11 +29,12 @@ def test_running_stages_are_logged_with_tasks_done_and_total(spark, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "dear_udf.spark.progress"]
     matches = [LINE.match(line) for line in lines]
     assert lines and all(matches), lines
-    # Seen from its start, a stage with some tasks done has an ETA.
+    # First seen with no task done, a stage with some tasks done has an ETA.
     assert all(bool(m.group(3)) == (0 < int(m.group(1)) < 4) for m in matches), lines
     # Stopping clears the step, and an idle context has nothing to report.
     assert progress._step == ""
-    assert progress.StageProgress(spark).poll() == []
+    idle = progress.StageProgress(spark)
+    assert idle.poll() == [] and idle.poll() == []
 
 
 def test_durations_read_like_a_clock():

@@ -2,8 +2,8 @@
 
 Spark's console progress bar is off (it garbles job logs) and a cluster's UI is often out
 of reach, so a driver thread polls ``SparkContext.statusTracker()`` every
-``INTERVAL_SECONDS`` and logs, for each running Spark stage, its tasks done out of total,
-the tasks running, and an ETA from the stage's pace since the reporter first saw it::
+``INTERVAL_SECONDS`` and logs, for each Spark stage running longer than that, its tasks done
+out of total, the tasks running, and an ETA from the stage's pace since it was first seen::
 
     12:31:05 score: Spark stage 7: 120/400 tasks done, 8 running, 25m10s elapsed, ETA 58m43s
 
@@ -73,8 +73,13 @@ class StageProgress:
             if info is None or not info.numTasks:
                 continue
             done, total = info.numCompletedTasks, info.numTasks
-            # pyspark's stage info has no start time: pace is measured from the first sighting.
-            first_time, first_done = self._seen.setdefault(stage_id, (now, done))
+            # pyspark's stage info has no start time: time and pace are measured from the
+            # first sighting, and a stage is reported from its second, so short stages stay
+            # out of the log and every line has a real elapsed time.
+            if stage_id not in self._seen:
+                self._seen[stage_id] = (now, done)
+                continue
+            first_time, first_done = self._seen[stage_id]
             elapsed = now - first_time
             parts = [f"{done}/{total} tasks done", f"{info.numActiveTasks} running"]
             if info.numFailedTasks:
