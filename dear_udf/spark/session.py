@@ -79,7 +79,7 @@ def get_session(
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in settings.items():
         builder = builder.config(key, value)
-    if _quiet_launch_wanted():
+    if master and _quiet_launch_wanted():
         _launch_quiet_driver(settings, master=master, app_name=app_name)
     return builder.getOrCreate()
 
@@ -89,10 +89,15 @@ def _quiet_launch_wanted() -> bool:
 
     from .. import console
 
-    # Only a JVM this process starts itself: never under spark-submit or on Databricks,
-    # whose driver and logging belong to the cluster. SparkContext._gateway is set once a
-    # JVM runs in this process (pyspark has no public accessor for it).
-    return console.QUIET and "PYSPARK_GATEWAY_PORT" not in os.environ and getattr(SparkContext, "_gateway", None) is None
+    # Only a JVM this process starts itself for a master it was given: never under
+    # spark-submit or on Databricks, whose driver and logging belong to the cluster.
+    # SparkContext._gateway is set once a JVM runs in this process (no public accessor).
+    return (
+        console.QUIET
+        and "PYSPARK_GATEWAY_PORT" not in os.environ
+        and not os.environ.get("DATABRICKS_RUNTIME_VERSION")
+        and getattr(SparkContext, "_gateway", None) is None
+    )
 
 
 def _launch_quiet_driver(settings: Mapping[str, str], *, master: str | None, app_name: str) -> None:
