@@ -8,10 +8,12 @@
 
 PY ?= .venv/bin/python
 DIST ?= dist
-# The environment `make pack` builds: the interpreter it is made from must exist at the same
-# path on every executor (venv-pack links Python, it does not copy it). TORCH_INDEX picks a
-# CUDA build of torch, e.g. TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128".
+# The environment `make pack` builds. venv-pack links Python, it does not copy it: executors
+# need the same Python version, at PACK_PYTHON's prefix or at PACK_PYTHON_PREFIX (e.g. /usr).
+# TORCH_INDEX picks a CUDA build of torch, e.g.
+# TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128".
 PACK_PYTHON ?= python3
+PACK_PYTHON_PREFIX ?=
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PACK_ENV ?= build/pack-env
@@ -40,7 +42,7 @@ pack: dist
 	$(PACK_ENV)/bin/python -m pip install -q --upgrade pip
 	$(PACK_ENV)/bin/python -m pip install -q $(TORCH_INDEX) "$(TORCH)"
 	$(PACK_ENV)/bin/python -m pip install -q -c constraints.txt "$$(ls $(DIST)/dear_rerank-*.whl)[spark,eval,mlflow]"
-	$(PY) -m venv_pack -p $(PACK_ENV) -o $(DIST)/dear-rerank-env.tar.gz
+	$(PY) -m venv_pack -p $(PACK_ENV) -o $(DIST)/dear-rerank-env.tar.gz $(if $(PACK_PYTHON_PREFIX),--python-prefix $(PACK_PYTHON_PREFIX))
 	@ls -l $(DIST)/dear-rerank-env.tar.gz
 
 clean:

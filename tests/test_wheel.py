@@ -176,5 +176,5 @@ def test_make_pack_commands_are_coherent(built_wheel, tmp_path):
     assert set(extras) <= declared and "spark" in extras, (extras, declared)
     assert (ROOT / "constraints.txt").is_file()
     pack = next(c for c in commands if "venv_pack" in c)
-    assert pack == f"{sys.executable} -m venv_pack -p {env} -o {dist}/dear-rerank-env.tar.gz"
+    assert pack.rstrip() == f"{sys.executable} -m venv_pack -p {env} -o {dist}/dear-rerank-env.tar.gz"
     assert subprocess.run([sys.executable, "-m", "venv_pack", "--help"], capture_output=True, timeout=60).returncode == 0
