@@ -86,7 +86,6 @@ def progress_bar(total: int, *, desc: str, unit: str, file=None):
         total=total,
         desc=desc,
         unit=f" {unit}",
-        unit_scale=total >= 10_000,  # 1.2M/3.4M for big files; exact counts below
         # A terminal that reports no size (a pseudo-terminal nobody sized, as under `script`
         # or in CI) gets 100x24: tqdm would otherwise hide the bar below "row 0".
         dynamic_ncols=sized,

@@ -11,6 +11,15 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _not_quiet(monkeypatch):
+    """Tests that call ``dear_udf.cli.main`` switch on the CLI's process-wide quiet mode
+    (``console.QUIET``); every test starts without it, as library code does."""
+    from dear_udf import console
+
+    monkeypatch.setattr(console, "QUIET", False)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Paths of the tiny models: both pooling variants and a LoRA adapter over each."""

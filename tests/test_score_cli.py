@@ -149,46 +149,44 @@ def test_console_script_in_a_subprocess(tiny_models, tmp_path):
     assert "scoring:" not in result.stderr and "\r" not in result.stderr
 
 
-def test_progress_bar_with_rate_and_eta_on_a_terminal(tiny_models, tmp_path):
-    """Under a pseudo-terminal, stderr shows the bar: pairs done/total, elapsed<remaining, pairs/s."""
+def test_progress_bar_with_rate_and_eta_on_a_terminal(tiny_models, tmp_path, monkeypatch, capsys):
+    """With stderr on a pseudo-terminal, the bar shows pairs done/total, elapsed<remaining, pairs/s."""
     import fcntl
     import pty
     import struct
     import termios
+    import threading
 
     pairs = tmp_path / "pairs.parquet"
     table = pq.read_table(_write_pairs(tmp_path / "seed.parquet"))
     pq.write_table(pa.concat_tables([table] * 100), pairs)  # 700 pairs
-    script = Path(sys.executable).with_name("dear-rerank")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "dear_udf.cli"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))  # rows, columns
-    try:
-        process = subprocess.Popen(
-            [*command, "score", "--model", str(tiny_models["index227"]), "--pairs", str(pairs),
-             "--out", str(tmp_path / "scores.parquet"), "--batch-size", "64"],
-            stdout=subprocess.PIPE, stderr=terminal, env=env,
-        )
-        os.close(terminal)
-        chunks = []
+    received: list[bytes] = []
+
+    def read() -> None:
         while True:
             try:
                 data = os.read(controller, 4096)
-            except OSError:  # the terminal closed: the process is gone
-                break
+            except OSError:  # the terminal side closed
+                return
             if not data:
-                break
-            chunks.append(data)
-        stdout = process.stdout.read().decode()
-        assert process.wait(timeout=300) == 0
-    finally:
-        os.close(controller)
-    err = b"".join(chunks).decode(errors="replace")
+                return
+            received.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    with os.fdopen(terminal, "w", buffering=1, closefd=True) as tty:
+        monkeypatch.setattr(sys, "stderr", tty)
+        assert main(["score", "--model", str(tiny_models["index227"]), "--pairs", str(pairs),
+                     "--out", str(tmp_path / "scores.parquet"), "--batch-size", "64"]) == 0
+        monkeypatch.undo()
+    reader.join(timeout=30)
+    os.close(controller)
+    err = b"".join(received).decode(errors="replace")
     frames = [f for f in err.replace("\n", "\r").split("\r") if f.startswith("scoring:")]
-    assert frames, err
     assert re.search(r"^scoring: +0%\| +\| 0/700 \[00:00<\?, \? pairs/s\]$", frames[0]), frames
     # elapsed<remaining (the ETA), then the rate.
     assert all(re.search(r"\| \d+/700 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+ pairs/s\]$", f) for f in frames[1:]), frames
     assert len(frames) >= 2 and frames[-1].startswith("scoring: 100%|")
-    assert json.loads(stdout.strip().splitlines()[-1])["pairs"] == 700
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["pairs"] == 700
