@@ -96,8 +96,8 @@ script = files("dear_udf") / "conf" / "gpu-discovery.sh"
 print(json.dumps({
     "dear_udf": dear_udf.__file__,
     "dist": str(dist.locate_file("")),
-    "sys_path": sys.path,
-    "with_dear_udf": [p for p in sys.path if os.path.isfile(os.path.join(p or ".", "dear_udf", "__init__.py"))],
+    "sys_path": [os.path.abspath(p or os.curdir) for p in sys.path],
+    "with_dear_udf": [os.path.abspath(p or os.curdir) for p in sys.path if os.path.isfile(os.path.join(p or os.curdir, "dear_udf", "__init__.py"))],
     "profiles": profile_names(),
     "databricks_format": load_yaml("databricks")["format"],
     "local_master": load_yaml("local")["master"],
@@ -117,7 +117,7 @@ def test_the_wheel_installs_alone_with_its_profiles(fresh):
     assert Path(info["dist"]).resolve() == fresh.site.resolve()
     # Only the wheel's copy is importable: not the checkout (in CI the project's .venv, whose
     # site-packages the fresh environment borrows, lives inside the checkout).
-    assert ROOT not in [Path(p or ".").resolve() for p in info["sys_path"]]
+    assert ROOT not in [Path(p).resolve() for p in info["sys_path"]]
     assert [Path(p).resolve() for p in info["with_dear_udf"]] == [fresh.site.resolve()], info["with_dear_udf"]
     assert info["profiles"] == ["databricks", "gpu-cluster", "local"]
     assert info["databricks_format"] == "delta" and info["local_master"] == "local[2]"
