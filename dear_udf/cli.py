@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
+from . import console
 from .exceptions import DearRerankError
 
 COMMANDS = {
@@ -25,7 +25,7 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dear-rerank", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show every library's output (Spark, Hugging Face) and log at INFO")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -36,17 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dear-rerank`` console script (also a Databricks wheel task)."""
+    """Entry point of the ``dear-rerank`` console script (also a Databricks wheel task).
+
+    Returns the exit status when called with ``argv``. Called without (the console script,
+    a Databricks wheel task), a failure raises ``SystemExit``: a wheel task ignores the
+    entry point's return value, and a failed night must fail its task.
+
+    Example:
+        >>> main(["eval", "--run", "reranked.trec", "--qrels", "qrels.txt"])  # doctest: +SKIP
+        0
+    """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    console.configure(verbose=args.verbose)
     try:
-        return int(args._module.main(args) or 0)
+        status = int(args._module.main(args) or 0)
     except DearRerankError as exc:
         print(f"dear-rerank {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        status = 2
+    if argv is None and status:
+        raise SystemExit(status)
+    return status
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Job configuration: frozen dataclasses, filled from an optional YAML file and flags.
 
-YAML files in ``conf/`` hold per-environment values only; their keys are the field names
-below, nested as ``model:``, ``layout:``, ``queries:``/``corpus:``/``candidates:``/``qrels:``
-and ``spark_conf:``. Unknown keys are refused by name. Command-line flags override the file.
+YAML profiles hold per-environment values only; their keys are the field names below,
+nested as ``model:``, ``layout:``, ``queries:``/``corpus:``/``candidates:``/``qrels:`` and
+``spark_conf:``. Unknown keys are refused by name. Command-line flags override the file.
+The profiles shipped in the package (``dear_udf/conf/*.yaml``) are named without a path:
+``--config databricks``; any other file is given by its path.
 
-Example ``conf/local.yaml``::
+Example ``dear_udf/conf/local.yaml`` (``--config local``)::
 
     master: "local[2]"
     format: delta
@@ -26,6 +28,7 @@ from .exceptions import ConfigError
 from .layout import POOLING_RULES, SPECIAL_TOKEN_MODES, Layout
 from .model import ModelSpec
 from .schema import check_run_id
+from .tracking import TrackingSpec, tracking_spec
 
 InputFormat = Literal["parquet", "delta", "table", "jsonl", "tsv", "trec", "qrels", "beir"]
 INPUT_FORMATS = ("parquet", "delta", "table", "jsonl", "tsv", "trec", "qrels", "beir")
@@ -87,6 +90,7 @@ class JobConfig:
     spark_conf: Mapping[str, str] = field(default_factory=dict)
     max_drop_share: float = 0.5  # refuse a run dropping more of its candidates within depth
     allow_empty: bool = False  # publish a run that scored nothing or dropped too much
+    mlflow: TrackingSpec | None = None  # None: not tracked (see tracking.py)
 
     def __post_init__(self) -> None:
         for name in ("top_k", "depth", "batch_size", "arrow_batch_size", "max_tokens", "scoring_partitions"):
@@ -134,12 +138,42 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def profile_names() -> list[str]:
+    """Names of the profiles shipped in the package: ``local``, ``gpu-cluster``, ``databricks``."""
+    from importlib.resources import files
+
+    return sorted(p.name[: -len(".yaml")] for p in (files("dear_udf") / "conf").iterdir() if p.name.endswith(".yaml"))
+
+
+def _is_profile_name(name: str) -> bool:
+    # A bare word names a packaged profile; anything that looks like a path is a file, so the
+    # meaning of --config never depends on the current directory.
+    return bool(name) and not any(c in name for c in "/\\") and not name.endswith((".yaml", ".yml"))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into plain values; refuses unknown keys later, by name."""
+    """Read a YAML config file, or a packaged profile by name, into plain values.
+
+    Unknown keys are refused later, by name, when the values are built into a ``JobConfig``.
+
+    Example:
+        >>> load_yaml("databricks")["format"]  # dear_udf/conf/databricks.yaml, from the wheel too
+        'delta'
+    """
     import yaml
 
+    name = str(path)
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        if _is_profile_name(name):
+            from importlib.resources import files
+
+            resource = files("dear_udf") / "conf" / f"{name}.yaml"
+            if not resource.is_file():
+                raise ConfigError(f"config {name!r} is not a packaged profile ({profile_names()}) nor a path to a YAML file.")
+            text = resource.read_text()
+        else:
+            text = Path(name).read_text()
+        data = yaml.safe_load(text) or {}
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc}).") from exc
     except yaml.YAMLError as exc:
@@ -176,6 +210,8 @@ def build_job_config(values: Mapping[str, Any], *, where: str = "config") -> Job
             values[name] = _build(cls, raw, f"{where}: {name}")
         elif raw is not None and not isinstance(raw, cls):
             raise ConfigError(f"{where}: {name} must be a mapping{' or a path' if name == 'model' else ''}, got {raw!r}.")
+    if "mlflow" in values:
+        values["mlflow"] = tracking_spec(values["mlflow"], where=where)
     values["spark_conf"] = _spark_conf(values.get("spark_conf", {}), where)
     missing = [n for n in ("queries", "corpus", "candidates", "output", "model") if values.get(n) in (None, "")]
     if missing:

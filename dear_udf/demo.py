@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--master", default="local[2]", help="Spark master (default: %(default)s)")
     parser.add_argument("--train-seconds", type=float, default=30.0, help="CPU seconds of training for the stand-in model")
+    parser.add_argument("--train-steps", type=int, help="train exactly this many steps instead (the same model on any machine)")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--show", type=int, default=3, help="queries whose top results are printed")
 
@@ -51,7 +52,8 @@ def run_demo(
     paths = write_collection(collection, workdir / "inputs", formats="mixed")
     model_dir = workdir / "model"
     if not (model_dir / "config.json").exists():
-        print(f"training the stand-in model for {train_steps or f'{train_seconds:.0f}s'} (a tiny random Llama, not DeAR) ...")
+        budget = f"{train_steps} steps" if train_steps else f"{train_seconds:.0f}s"
+        print(f"training the stand-in model for {budget} (a tiny random Llama, not DeAR) ...")
         build_demo_model(model_dir, collection, seconds=train_seconds, steps=train_steps)
     config = build_job_config(
         {
@@ -76,7 +78,7 @@ def run_demo(
 
 def main(args: argparse.Namespace) -> int:
     summary, collection = run_demo(
-        args.workdir, master=args.master, train_seconds=args.train_seconds, top_k=args.top_k
+        args.workdir, master=args.master, train_seconds=args.train_seconds, train_steps=args.train_steps, top_k=args.top_k
     )
     _show_metrics(summary.metrics)
     _show_top(collection, Path(summary.output), args.show)

@@ -1,6 +1,7 @@
 """``dear-rerank score``: score a Parquet file of pairs with the scoring core, no Spark.
 
-For people debugging a model and for checks outside the test suite:
+For people debugging a model and for checks outside the test suite. On a terminal, stderr
+shows a progress bar with pairs/s and the time left; redirected, it stays clean.
 
     dear-rerank score --model PATH [--adapter PATH] --pairs IN.parquet --out OUT.parquet \\
         [--dtype float32|bfloat16|float16] [--device cpu|cuda|cuda:N] [--batch-size N] \\
@@ -16,6 +17,8 @@ from pathlib import Path
 from . import schema as S
 from .config import add_layout_arguments, layout_values
 from .exceptions import InputError
+
+CHUNK_ROWS = 4096  # pairs per call of the scorer (a progress step; see main)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,10 +48,24 @@ def read_pairs(path: str):
     return table
 
 
+def _chunks(table, rows: int):
+    from .spark.udf import whole_queries
+
+    for batch in whole_queries(iter(table.to_batches(max_chunksize=rows))):
+        yield (
+            batch.column(S.QUERY).to_pylist(),
+            batch.column(S.TITLE).to_pylist() if S.TITLE in batch.schema.names else None,
+            batch.column(S.TEXT).to_pylist(),
+        )
+
+
 def main(args: argparse.Namespace) -> int:
+    import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from .console import progress_bar
     from .layout import Layout
     from .model import ModelSpec, load_model
     from .scorer import Scorer
@@ -64,10 +81,17 @@ def main(args: argparse.Namespace) -> int:
     )
     loaded = load_model(spec)
     scorer = Scorer(loaded, layout=Layout(**layout_values(args)), batch_size=args.batch_size, max_tokens="auto" if args.max_tokens is None else args.max_tokens)
-    titles = table.column(S.TITLE).to_pylist() if S.TITLE in table.column_names else None
-    scores = scorer.score(
-        table.column(S.QUERY).to_pylist(), titles, table.column(S.TEXT).to_pylist()
-    )
+    # Chunks as the Spark job's Arrow batches, whole queries each (see whole_queries): the
+    # bar moves, and on a GPU the next chunk is tokenized while the current one is scored.
+    order = pc.sort_indices(table, sort_keys=[(S.QUERY_ID, "ascending")])  # stable
+    positions = order.to_numpy()
+    scores = np.empty(table.num_rows, dtype=np.float32)
+    done = 0
+    with progress_bar(table.num_rows, desc="scoring", unit="pairs") as bar:
+        for _, chunk_scores in scorer.score_stream(_chunks(table.take(order), CHUNK_ROWS)):
+            scores[positions[done : done + len(chunk_scores)]] = chunk_scores
+            done += len(chunk_scores)
+            bar.update(len(chunk_scores))
     out = pa.table(
         {
             S.QUERY_ID: table.column(S.QUERY_ID).cast(pa.string()),

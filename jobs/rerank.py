@@ -2,7 +2,7 @@
 
     spark-submit --master spark://host:7077 --conf spark.executor.resource.gpu.amount=1 \\
         --conf spark.task.resource.gpu.amount=1 jobs/rerank.py \\
-        --config conf/gpu-cluster.yaml --queries ... --corpus ... --candidates ... \\
+        --config gpu-cluster --queries ... --corpus ... --candidates ... \\
         --model /models/dear-3b-reranker-ce-v1 --output /tables/reranked
 
 Same flags as ``dear-rerank run``. The package ``dear-rerank`` must be installed on the

@@ -11,6 +11,15 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _not_quiet(monkeypatch):
+    """Tests that call ``dear_udf.cli.main`` switch on the CLI's process-wide quiet mode
+    (``console.QUIET``); every test starts without it, as library code does."""
+    from dear_udf import console
+
+    monkeypatch.setattr(console, "QUIET", False)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Paths of the tiny models: both pooling variants and a LoRA adapter over each."""
@@ -49,3 +58,23 @@ def spark(tmp_path_factory):
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory):
+    """The wheel ``make dist`` builds, built once per test run into a temporary folder."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    dist = tmp_path_factory.mktemp("dist")
+    # -o setup: the running interpreter's environment is the project's; do not rebuild it.
+    result = subprocess.run(
+        ["make", "-s", "-o", "setup", "dist", f"PY={sys.executable}", f"DIST={dist}"],
+        cwd=root, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    wheels = sorted(dist.glob("dear_rerank-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +172,48 @@ def test_console_script_in_a_subprocess(tiny_models, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     _check_output(out, _reference(tiny_models["index227"]))
+    # Not a terminal: no progress bar frames in a log.
+    assert "scoring:" not in result.stderr and "\r" not in result.stderr
+
+
+def test_progress_bar_with_rate_and_eta_on_a_terminal(tiny_models, tmp_path, monkeypatch, capsys):
+    """With stderr on a pseudo-terminal, the bar shows pairs done/total, elapsed<remaining, pairs/s."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    pairs = tmp_path / "pairs.parquet"
+    table = pq.read_table(_write_pairs(tmp_path / "seed.parquet"))
+    pq.write_table(pa.concat_tables([table] * 100), pairs)  # 700 pairs
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))  # rows, columns
+    received: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(controller, 4096)
+            except OSError:  # the terminal side closed
+                return
+            if not data:
+                return
+            received.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    with os.fdopen(terminal, "w", buffering=1, closefd=True) as tty:
+        monkeypatch.setattr(sys, "stderr", tty)
+        assert main(["score", "--model", str(tiny_models["index227"]), "--pairs", str(pairs),
+                     "--out", str(tmp_path / "scores.parquet"), "--batch-size", "64"]) == 0
+        monkeypatch.undo()
+    reader.join(timeout=30)
+    os.close(controller)
+    err = b"".join(received).decode(errors="replace")
+    frames = [f for f in err.replace("\n", "\r").split("\r") if f.startswith("scoring:")]
+    assert re.search(r"^scoring: +0%\| +\| 0/700 \[00:00<\?, \? pairs/s\]$", frames[0]), frames
+    # elapsed<remaining (the ETA), then the rate.
+    assert all(re.search(r"\| \d+/700 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+ pairs/s\]$", f) for f in frames[1:]), frames
+    assert len(frames) >= 2 and frames[-1].startswith("scoring: 100%|")
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["pairs"] == 700

@@ -21,6 +21,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from .. import schema as S
+from .. import tracking
 from ..config import JobConfig, add_layout_arguments, build_job_config, expand_shorthand, layout_values, load_yaml, merge
 from ..summary import RunSummary
 
@@ -31,11 +32,15 @@ NOTHING_TO_RANK_LISTED = 1000  # queries listed by id in the summary; all are co
 
 @contextmanager
 def _stage(summary: RunSummary, name: str):
+    from . import progress
+
+    progress.set_step(name)
     start = time.perf_counter()
     try:
         yield
     finally:
         summary.stage_seconds[name] = round(time.perf_counter() - start, 3)
+    log.info("%s done in %.1fs", name, summary.stage_seconds[name])
 
 
 def _profile(df: Any, *, text_columns: Sequence[str] = (), id_column: str | None = None, first_stage: bool = False) -> dict[str, int]:
@@ -84,12 +89,14 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
     from .. import guards
     from ..model import check_device, inspect_model
     from . import faults, preflight, read, stages
+    from .progress import StageProgress
     from .session import executors_on_this_machine, get_session
     from .udf import CounterParam, ScoringSettings, score_pairs, worker_errors
 
     started = time.perf_counter()
     spark = spark or get_session(master=config.master, conf=config.spark_conf, arrow_batch_size=config.arrow_batch_size)
     preflight.check_paths(config, spark=spark)  # seconds, before any input is read or model loaded
+    report_png = tracking.report_path(config.summary_path) if config.mlflow is not None else None
     info = inspect_model(config.model, config.layout)
     summary = RunSummary(run_id=config.run_id, model=info.label, output=config.output, format=config.format)
     summary.settings = {
@@ -114,6 +121,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
     if injected:  # tests only: a run with injected faults says so
         summary.settings["fault_injection"] = injected
     persisted: list[Any] = []
+    reporter = StageProgress(spark).start()
 
     try:
         with _stage(summary, "read"):
@@ -195,12 +203,16 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
 
         if config.qrels is not None:
             with _stage(summary, "evaluate"):
-                summary.metrics = _evaluate(spark, config, status, top)
+                summary.metrics = _evaluate(spark, config, status, top, report_png=report_png)
         _write_last(config, summary, top, started)
     finally:
+        reporter.stop()
         for df in persisted:
             df.unpersist()
     print(summary.render())
+    if config.mlflow is not None:
+        tracking.log_run(config.mlflow, summary=summary, params=tracking.run_params(config, summary),
+                         summary_path=config.summary_path, report_png=report_png)
     return summary
 
 
@@ -242,8 +254,8 @@ def _write_last(config: JobConfig, summary: RunSummary, top: Any, started: float
         summary_file.publish()
 
 
-def _evaluate(spark: Any, config: JobConfig, status: Any, top: Any) -> dict[str, Any]:
-    """First stage vs reranked, on the queries that have judgements."""
+def _evaluate(spark: Any, config: JobConfig, status: Any, top: Any, *, report_png: str | None = None) -> dict[str, Any]:
+    """First stage vs reranked, on the queries that have judgements (and their figure)."""
     from pyspark.sql import functions as F
 
     from ..evaluate import compare
@@ -258,14 +270,23 @@ def _evaluate(spark: Any, config: JobConfig, status: Any, top: Any) -> dict[str,
         .select(S.QUERY_ID, S.DOC_ID, (-F.col(S.FIRST_STAGE_RANK).cast("double")).alias(S.SCORE))
     )
     reranked = top.join(judged, S.QUERY_ID, "left_semi").select(S.QUERY_ID, S.DOC_ID, S.SCORE)
-    return compare(first.toArrow(), reranked.toArrow(), qrels.toArrow(), k=config.top_k)
+    first, reranked, qrels = first.toArrow(), reranked.toArrow(), qrels.toArrow()
+    metrics = compare(first, reranked, qrels, k=config.top_k)
+    if report_png:
+        try:
+            from ..report import write_report
+
+            write_report(first, reranked, qrels, report_png)
+        except Exception as exc:  # noqa: BLE001 - the figure is extra; the run goes on
+            log.warning("could not write the report figure %s (%s: %s)", report_png, type(exc).__name__, exc)
+    return metrics
 
 
 # -- command line ------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file from conf/ (flags override it)")
+    parser.add_argument("--config", help="a packaged profile (local, gpu-cluster, databricks) or a YAML file; flags override it")
     parser.add_argument("--queries", help="queries: Parquet, Delta, table, JSONL, TSV, BEIR folder")
     parser.add_argument("--corpus", help="documents: Parquet, Delta, table, JSONL, TSV, BEIR folder")
     parser.add_argument("--candidates", help="first-stage candidates: TREC run, Parquet, Delta, table, JSONL")
@@ -306,6 +327,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="allow_empty",
         help="write even a run that scored nothing or dropped more than --max-drop-share",
     )
+    parser.add_argument("--mlflow", action="store_true", default=None, help="log the run to MLflow (needs the mlflow extra)")
+    parser.add_argument("--mlflow-experiment", dest="mlflow_experiment", help="MLflow experiment (implies --mlflow)")
+    parser.add_argument("--mlflow-tracking-uri", dest="mlflow_tracking_uri", help="MLflow tracking URI (implies --mlflow)")
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
@@ -339,6 +363,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         "allow_empty": args.allow_empty,
         "model": {k: v for k, v in model.items() if v is not None} or None,
         "layout": layout_values(args),
+        "mlflow": _mlflow_flags(args, base.get("mlflow")),
     }
     # A path flag replaces the file's input entry's path but keeps its columns/format.
     for name in ("queries", "corpus", "candidates", "qrels"):
@@ -352,6 +377,15 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
             model_values = {}
         values["model"] = model_values or None
     return build_job_config(values, where=args.config or "flags")
+
+
+def _mlflow_flags(args: argparse.Namespace, from_file: Any) -> Any:
+    given = {"experiment": getattr(args, "mlflow_experiment", None), "tracking_uri": getattr(args, "mlflow_tracking_uri", None)}
+    given = {k: v for k, v in given.items() if v}
+    if given:
+        return given
+    # --mlflow alone turns tracking on, keeping the file's experiment and URI if it has them.
+    return True if getattr(args, "mlflow", None) and not isinstance(from_file, dict) else None
 
 
 def main(args: argparse.Namespace) -> int:

@@ -79,6 +79,8 @@ def get_session(
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in settings.items():
         builder = builder.config(key, value)
+    if master and _quiet_launch_wanted():
+        _launch_quiet_driver(settings, master=master, app_name=app_name)
     return builder.getOrCreate()
 
 
@@ -87,6 +89,52 @@ def executors_on_this_machine(spark: Any) -> bool:
     machine, so what it lacks (e.g. CUDA) they lack too. Elsewhere the driver of a GPU
     cluster may well have no GPU, and only the executors can tell."""
     return str(spark.sparkContext.master).startswith("local")
+
+
+def _quiet_launch_wanted() -> bool:
+    from pyspark import SparkContext
+
+    from .. import console
+
+    # Only a JVM this process starts itself for a master it was given: never under
+    # spark-submit or on Databricks, whose driver and logging belong to the cluster.
+    # SparkContext._gateway is set once a JVM runs in this process (no public accessor).
+    return (
+        console.QUIET
+        and "PYSPARK_GATEWAY_PORT" not in os.environ
+        and not os.environ.get("DATABRICKS_RUNTIME_VERSION")
+        and getattr(SparkContext, "_gateway", None) is None
+    )
+
+
+def _launch_quiet_driver(settings: Mapping[str, str], *, master: str | None, app_name: str) -> None:
+    """Start the driver JVM for ``dear-rerank`` without ``-v``: log4j at ERROR, and its
+    stderr copied line by line without the JDK's "WARNING: Using incubator modules" notice
+    (Spark 4 always adds ``--add-modules=jdk.incubator.vector``; no JVM flag silences it).
+    Everything else the JVM and its Python workers write still reaches stderr."""
+    import threading
+    from importlib.resources import files
+    from subprocess import PIPE
+
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    log4j = files("dear_udf") / "conf" / "log4j2-quiet.properties"
+    conf = SparkConf(loadDefaults=False).setAll(list(settings.items())).setAppName(app_name)
+    if master:
+        conf.setMaster(master)
+    java_options = " ".join(filter(None, [conf.get("spark.driver.extraJavaOptions"), f"-Dlog4j2.configurationFile={log4j}"]))
+    conf.set("spark.driver.extraJavaOptions", java_options)
+    # launch_gateway's popen_kwargs exist for this: "capturing stdout/stderr" of the JVM.
+    gateway = launch_gateway(conf, popen_kwargs={"stderr": PIPE})
+
+    def copy_stderr(stream: Any) -> None:
+        for line in iter(stream.readline, b""):
+            if not line.startswith(b"WARNING: Using incubator modules"):
+                os.write(2, line)
+
+    threading.Thread(target=copy_stderr, args=(gateway.proc.stderr,), name="dear-jvm-stderr", daemon=True).start()
+    SparkContext(conf=conf, gateway=gateway)
 
 
 def has_spark_delta(spark: Any) -> bool:
