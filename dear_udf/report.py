@@ -74,6 +74,7 @@ def write_report(first_stage_run: Any, reranked_run: Any, qrels: Any, path_png: 
     right.hist(scores, bins=50)
     right.set(xlabel="reranked score", ylabel="rows")
     right.set_title(f"reranked score distribution ({len(scores)} rows)", fontsize=10)
+    Path(path_png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path_png, dpi=100)
     return stats
 
