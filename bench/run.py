@@ -18,7 +18,7 @@ Same model, same pairs, same machine, one process. Prints a table and writes JSO
   show time linear in pairs and bounded Python worker memory, then the in-process scorer
   on the largest size's pairs on the same cores (``bench/scaling.py``).
 
-Contestants (``dear_udf.baselines``):
+Contestants (``dear_udf.testing.baselines``):
 - ``scorer``: ``dear_udf.scorer.Scorer``, batch 128, real tokens only, sorted batches;
 - ``official``: DeAR's ``inference.py``: padded to 228, batch 64, fp16 autocast on GPU;
 - ``fast_rerank``: the model card's loop: ``padding=True``, unsorted batches of 128.
@@ -271,13 +271,13 @@ def run_scorer(loaded: Any, pairs: Pairs, batch_size: int = 128, max_tokens: int
 
 
 def run_official(loaded: Any, pairs: Pairs) -> tuple[Any, int]:
-    from dear_udf.baselines import official_loop
+    from dear_udf.testing.baselines import official_loop
 
     return official_loop(loaded, pairs.queries, pairs.titles, pairs.texts, batch_size=64)
 
 
 def run_fast_rerank(loaded: Any, pairs: Pairs) -> tuple[Any, int]:
-    from dear_udf.baselines import fast_rerank_loop
+    from dear_udf.testing.baselines import fast_rerank_loop
 
     return fast_rerank_loop(loaded, pairs.queries, pairs.titles, pairs.texts, batch_size=128)
 

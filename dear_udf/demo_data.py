@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from . import schema as S
 from .exceptions import ConfigError
-from .testing import _ENGLISH, vocabulary
+from .testing.models import _ENGLISH, vocabulary
 
 Formats = Literal["parquet", "mixed"]
 

@@ -25,16 +25,6 @@ RELEVANCE = "relevance"
 POOLED_EARLY = "pooled_early"
 POOLED_IN_QUERY = "pooled_in_query"
 
-# Inputs, after renaming to the canonical names.
-QUERIES_COLUMNS = (QUERY_ID, QUERY)
-CORPUS_COLUMNS = (DOC_ID, TITLE, TEXT)  # title is optional on input
-CANDIDATES_COLUMNS = (QUERY_ID, DOC_ID, FIRST_STAGE_RANK, FIRST_STAGE_SCORE)  # rank or score may be absent
-QRELS_COLUMNS = (QUERY_ID, DOC_ID, RELEVANCE)
-
-# The pairs the scorer consumes and the scores it gives back.
-PAIRS_COLUMNS = (QUERY_ID, DOC_ID, QUERY, TITLE, TEXT)
-SCORES_COLUMNS = (QUERY_ID, DOC_ID, SCORE)
-
 OUTPUT_COLUMNS = (
     QUERY_ID,
     DOC_ID,
@@ -46,7 +36,22 @@ OUTPUT_COLUMNS = (
     MODEL,
 )
 
-SCORES_ARROW_SCHEMA = pa.schema(
+# What the Spark scoring stage gives back per pair: the carried columns, the score, and
+# where the layout read it (see layout.Encoded).
+SCORED_PAIRS_SCHEMA = pa.schema(
+    [
+        (QUERY_ID, pa.string()),
+        (DOC_ID, pa.string()),
+        (FIRST_STAGE_RANK, pa.int32()),
+        (FIRST_STAGE_SCORE, pa.float64()),
+        (SCORE, pa.float32()),
+        (POOLED_EARLY, pa.bool_()),
+        (POOLED_IN_QUERY, pa.bool_()),
+    ]
+)
+
+# The file ``dear-rerank score`` writes: one score per input pair.
+SCORE_FILE_SCHEMA = pa.schema(
     [(QUERY_ID, pa.string()), (DOC_ID, pa.string()), (SCORE, pa.float32())]
 )
 

@@ -98,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
             S.DOC_ID: table.column(S.DOC_ID).cast(pa.string()),
             S.SCORE: pa.array(scores, type=pa.float32()),
         },
-        schema=S.SCORES_ARROW_SCHEMA,
+        schema=S.SCORE_FILE_SCHEMA,
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(out, args.out)

@@ -15,7 +15,7 @@ enforces.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,8 +146,6 @@ class Scorer:
         self._head_weight = head.weight.detach().float()
         self._head_bias = None if head.bias is None else head.bias.detach().float()
         self.stats = ScorerStats()
-        # Replaceable for fault injection in tests (e.g. a fake CUDA OOM).
-        self.forward: Callable[[Any, Any, Any, Any], Any] = self._forward
 
     # -- public API -------------------------------------------------------------------
 
@@ -277,7 +275,8 @@ class Scorer:
             as_tensor(gather).to(**to),
         )
 
-    def _forward(self, input_ids, attention_mask, position_ids, gather) -> np.ndarray:
+    def forward(self, input_ids, attention_mask, position_ids, gather) -> np.ndarray:
+        """Scores of one micro-batch of ids already on the device."""
         import torch
 
         hidden = self.backbone(

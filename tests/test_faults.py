@@ -1,6 +1,6 @@
 """Failures are survived and lose nothing: the output equals a failure-free run's (issue 4).
 
-Faults are injected with ``dear_udf.spark.faults`` (``DEAR_RERANK_INJECT_FAULT``), which
+Faults are injected with ``dear_udf.testing.faults`` (``DEAR_RERANK_TEST_HOOKS``), which
 leaves a marker for every scoring attempt and every fault fired in ``DEAR_RERANK_FAULT_DIR``;
 each test checks the markers, so it fails if the fault silently did not happen.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from dear_udf import schema as S
-from dear_udf.spark.faults import DIR_ENV, ENV
+from dear_udf.testing.faults import DIR_ENV, ENV
 
 from .jobdata import job_values
 

@@ -6,6 +6,5 @@
 - ``read``: inputs of every supported format as DataFrames with canonical columns;
 - ``stages``: dedupe, depth, join (with drop reasons) and top-k;
 - ``write``: Parquet, or Delta through Spark or the ``deltalake`` package;
-- ``job``: the driver that runs read -> join -> score -> top-k -> write -> summary;
-- ``faults``: test-only fault injection (inert unless ``DEAR_RERANK_INJECT_FAULT`` is set).
+- ``job``: the driver that runs read -> join -> score -> top-k -> write -> summary.
 """

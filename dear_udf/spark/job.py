@@ -88,7 +88,8 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
 
     from .. import guards
     from ..model import check_device, inspect_model
-    from . import faults, preflight, read, stages
+    from .. import hooks
+    from . import preflight, read, stages
     from .progress import StageProgress
     from .session import executors_on_this_machine, get_session
     from .udf import CounterParam, ScoringSettings, score_pairs, worker_errors
@@ -117,7 +118,7 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
     if executors_on_this_machine(spark):  # else only the executors can tell, when they load
         check_device(config.model.device)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_size))
-    injected = faults.setting() or spark.sparkContext.environment.get(faults.ENV)
+    injected = hooks.setting() or spark.sparkContext.environment.get(hooks.ENV)
     if injected:  # tests only: a run with injected faults says so
         summary.settings["fault_injection"] = injected
     persisted: list[Any] = []

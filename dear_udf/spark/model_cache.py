@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 MAX_ENTRIES = 2
 _cache: OrderedDict[tuple, Any] = OrderedDict()
 _lock = threading.Lock()
-loads_in_this_process = 0
 
 
 def task_device(requested: str | None) -> str:
@@ -53,7 +52,6 @@ def get_scorer(key: tuple, spec: Any, device: str, *, layout: Any, batch_size: i
     Returns:
         (scorer, loaded_now): loaded_now is True when this call loaded the model.
     """
-    global loads_in_this_process
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -64,14 +62,7 @@ def get_scorer(key: tuple, spec: Any, device: str, *, layout: Any, batch_size: i
         loaded = load_model(spec, device=device)
         scorer = Scorer(loaded, layout=layout, batch_size=batch_size, max_tokens=max_tokens)
         _cache[key] = scorer
-        loads_in_this_process += 1
         log.info("loaded %s on %s in %.1fs", spec.name, device, loaded.load_seconds)
         while len(_cache) > MAX_ENTRIES:
             _cache.popitem(last=False)
         return scorer, True
-
-
-def clear() -> None:
-    """Drop every cached scorer of this process (tests)."""
-    with _lock:
-        _cache.clear()

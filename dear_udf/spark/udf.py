@@ -23,18 +23,6 @@ from ..model import ModelSpec
 # Columns the scoring stage passes through untouched, beside the new score.
 CARRY = (S.QUERY_ID, S.DOC_ID, S.FIRST_STAGE_RANK, S.FIRST_STAGE_SCORE)
 
-SCORED_ARROW_SCHEMA = pa.schema(
-    [
-        (S.QUERY_ID, pa.string()),
-        (S.DOC_ID, pa.string()),
-        (S.FIRST_STAGE_RANK, pa.int32()),
-        (S.FIRST_STAGE_SCORE, pa.float64()),
-        (S.SCORE, pa.float32()),
-        (S.POOLED_EARLY, pa.bool_()),
-        (S.POOLED_IN_QUERY, pa.bool_()),
-    ]
-)
-
 
 @dataclass(frozen=True)
 class ScoringSettings:
@@ -92,7 +80,7 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
     Args:
         settings: model and batching settings.
         counters: optional Spark accumulator built with ``CounterParam``; receives
-            ``model_loads``, ``oom_splits``, ``score_seconds``, ``real_tokens`` and
+            ``model_loads``, ``oom_splits``, ``real_tokens`` and
             ``computed_tokens`` from every task attempt.
     """
 
@@ -100,7 +88,8 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
         from pyspark import TaskContext
 
         from ..exceptions import ModelLoadError
-        from . import faults, model_cache
+        from .. import hooks
+        from . import model_cache
 
         device = model_cache.task_device(settings.spec.device)
         if device == "cpu":
@@ -122,9 +111,7 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
                 f"the driver saw {settings.expected_fingerprint[:16]}; is the model path the same everywhere?"
             )
         before = scorer.stats.as_dict()
-        injected = faults.active()  # None unless a test set DEAR_RERANK_INJECT_FAULT
-        if injected is not None:
-            injected.before_scoring(scorer)
+        hooks.at("scoring-start", scorer=scorer)
 
         def chunks(kept: list[pa.RecordBatch]):
             for batch in whole_queries(batches):
@@ -144,15 +131,12 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
                     pa.array(pairs.pooled_early, type=pa.bool_()),
                     pa.array(pairs.pooled_in_query, type=pa.bool_()),
                 ]
-                out = pa.RecordBatch.from_arrays(arrays, schema=SCORED_ARROW_SCHEMA)
+                out = pa.RecordBatch.from_arrays(arrays, schema=S.SCORED_PAIRS_SCHEMA)
                 yield out
-                if injected is not None:
-                    injected.after_batch(out)
-            if injected is not None:
-                injected.after_partition()
+                hooks.at("batch-scored", batch=out)
+            hooks.at("partition-scored")
         finally:
-            if injected is not None:
-                injected.restore(scorer)
+            hooks.at("scoring-end", scorer=scorer)
 
         if counters is not None:
             after = scorer.stats.as_dict()
@@ -160,7 +144,6 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
                 {
                     "model_loads": int(loaded_now),
                     "oom_splits": after["oom_splits"] - before["oom_splits"],
-                    "score_seconds": after["seconds"] - before["seconds"],
                     "real_tokens": after["real_tokens"] - before["real_tokens"],
                     "computed_tokens": after["computed_tokens"] - before["computed_tokens"],
                 }
@@ -172,12 +155,12 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
 def score_pairs(pairs: Any, settings: ScoringSettings, counters: Any = None) -> Any:
     """Score a DataFrame of pairs (query_id, doc_id, query, title, text, first-stage columns).
 
-    Returns a DataFrame of ``SCORED_ARROW_SCHEMA``: the carried columns, ``score`` and
+    Returns a DataFrame of ``schema.SCORED_PAIRS_SCHEMA``: the carried columns, ``score`` and
     where each pair was pooled (``pooled_early``, ``pooled_in_query``).
     """
     from ..schema import spark_schema
 
-    return pairs.mapInArrow(make_scoring_function(settings, counters), spark_schema(SCORED_ARROW_SCHEMA))
+    return pairs.mapInArrow(make_scoring_function(settings, counters), spark_schema(S.SCORED_PAIRS_SCHEMA))
 
 
 # The last line of a worker's traceback when it raised one of this package's errors.

@@ -19,12 +19,11 @@ import contextlib
 import os
 import shutil
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from .. import schema as S
 from ..exceptions import OutputError
 
-Writer = Literal["auto", "spark-delta", "deltalake"]
 
 
 def _parquet(df: Any, output: str) -> dict[str, Any]:
@@ -48,7 +47,7 @@ def _spark_delta(df: Any, output: str, run_id: str) -> dict[str, Any]:
 
 def _deltalake(df: Any, output: str, run_id: str) -> dict[str, Any]:
     from ..io.delta_commit import commit_run
-    from . import faults
+    from .. import hooks
 
     if "://" in output and not output.startswith("file://"):
         raise OutputError(
@@ -65,7 +64,7 @@ def _deltalake(df: Any, output: str, run_id: str) -> dict[str, Any]:
         if name.endswith(".parquet") and not name.startswith(("_", "."))
     )
     # Tests stop the driver here (files written, nothing committed); a no-op otherwise.
-    faults.driver_point("before-commit", files=files, table=root)
+    hooks.at("before-commit", files=files, table=root)
     try:
         version = commit_run(root, run_id, files)
     except Exception:
@@ -78,7 +77,7 @@ def _deltalake(df: Any, output: str, run_id: str) -> dict[str, Any]:
     return {"writer": "deltalake", "delta_version": version, "files": len(files)}
 
 
-def write_output(df: Any, *, output: str, fmt: str, run_id: str, writer: Writer = "auto") -> dict[str, Any]:
+def write_output(df: Any, *, output: str, fmt: str, run_id: str) -> dict[str, Any]:
     """Write the top-k DataFrame (``schema.OUTPUT_COLUMNS``) for one run.
 
     Returns:
@@ -90,6 +89,6 @@ def write_output(df: Any, *, output: str, fmt: str, run_id: str, writer: Writer 
         return _parquet(df, output)
     if fmt != "delta":
         raise OutputError(f"format must be 'delta' or 'parquet', got {fmt!r}.")
-    if writer == "spark-delta" or (writer == "auto" and has_spark_delta(df.sparkSession)):
+    if has_spark_delta(df.sparkSession):
         return _spark_delta(df, output, run_id)
     return _deltalake(df, output, run_id)

@@ -1,12 +1,12 @@
-"""Test-only fault injection for the scoring stage and the Delta commit; inert unless asked.
+"""Fault injection for the scoring stage and the Delta commit, behind ``dear_udf.hooks``.
 
-Production never sets these variables, and then every hook here is a no-op (``active()``
-returns None after one ``os.environ`` lookup). Tests set them to prove that failures are
-survived without losing or duplicating rows (``tests/test_faults.py``).
+The product calls ``hooks.at(point, ...)``; only when ``DEAR_RERANK_TEST_HOOKS`` is set
+does that reach ``at()`` here. Tests set it to prove that failures are survived without
+losing or duplicating rows (``tests/test_faults.py``).
 
-``DEAR_RERANK_INJECT_FAULT`` holds one or more comma-separated faults ``MODE[:ARG][@P]``;
+``DEAR_RERANK_TEST_HOOKS`` holds one or more comma-separated faults ``MODE[:ARG][@P]``;
 ``@P`` limits a scoring fault to partition ``P`` of the scoring stage (default: every
-partition). It must reach Spark's Python workers: ``spark.executorEnv.DEAR_RERANK_INJECT_FAULT``
+partition). It must reach Spark's Python workers: ``spark.executorEnv.DEAR_RERANK_TEST_HOOKS``
 on a cluster, or ``SparkContext.environment`` before the job builds its scoring function
 (local mode; the variables are captured when the UDF is created).
 
@@ -40,7 +40,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-ENV = "DEAR_RERANK_INJECT_FAULT"
+from ..hooks import ENV
+
 DIR_ENV = "DEAR_RERANK_FAULT_DIR"
 MODES = (
     "fail-first-attempt",
@@ -62,7 +63,7 @@ class Fault:
 
 
 def parse(value: str) -> list[Fault]:
-    """Parse ``DEAR_RERANK_INJECT_FAULT``; an unknown mode is an error, never ignored."""
+    """Parse the hooks' setting; an unknown mode is an error, never ignored."""
     faults = []
     for item in (part.strip() for part in value.split(",")):
         if not item:
@@ -76,11 +77,6 @@ def parse(value: str) -> list[Fault]:
             raise ValueError(f"{ENV}: fault {mode!r} needs a value, e.g. {mode}:5, got {item!r}.")
         faults.append(Fault(mode, float(arg) if arg else None, int(where) if where else None))
     return faults
-
-
-def setting() -> str | None:
-    """The fault setting of this process, or None (the production case)."""
-    return os.environ.get(ENV) or None
 
 
 def _record(event: str, partition: int | None, attempt: int | None, payload: dict[str, Any]) -> None:
@@ -181,32 +177,47 @@ class TaskFaults:
     def restore(self, scorer: Any) -> None:
         """Undo ``before_scoring``'s wrapper: the scorer is cached and outlives this task."""
         if self._original_forward is not None:
-            scorer.forward = self._original_forward
+            del scorer.forward  # the instance attribute shadowing the method
             self._original_forward = None
 
 
-def active() -> TaskFaults | None:
-    """The faults for the current scoring task, or None when ``DEAR_RERANK_INJECT_FAULT`` is unset."""
-    value = setting()
-    if value is None:
-        return None
+_task: TaskFaults | None = None  # the scoring task this Python worker runs (one at a time)
+
+
+def _start_task(value: str) -> TaskFaults | None:
     from pyspark import TaskContext
 
     context = TaskContext.get()
     if context is None:
-        raise RuntimeError("faults.active() runs on executors only, inside a Spark task.")
+        raise RuntimeError("scoring hooks run on executors only, inside a Spark task.")
     faults = [f for f in parse(value) if f.mode != "pause-before-commit"]
     if not faults:
         return None
     return TaskFaults(faults, context.partitionId(), context.attemptNumber(), context.stageId())
 
 
-def driver_point(name: str, **payload: Any) -> None:
-    """A named point on the driver (``"before-commit"``); pauses there when asked."""
-    value = setting()
-    if value is None:
-        return
+def _pause(name: str, value: str, payload: dict[str, Any]) -> None:
     for fault in parse(value):
         if fault.mode == f"pause-{name}":
             _record(name, None, None, {"seconds": fault.arg, **payload})
             time.sleep(float(fault.arg or 0))
+
+
+def at(point: str, value: str, **context: Any) -> None:
+    """What ``dear_udf.hooks.at(point, ...)`` does when ``value`` (the setting) is given."""
+    global _task
+    if point == "before-commit":
+        _pause("before-commit", value, context)
+    elif point == "scoring-start":
+        _task = _start_task(value)
+        if _task is not None:
+            _task.before_scoring(context["scorer"])
+    elif _task is None:
+        return
+    elif point == "batch-scored":
+        _task.after_batch(context["batch"])
+    elif point == "partition-scored":
+        _task.after_partition()
+    elif point == "scoring-end":
+        task, _task = _task, None
+        task.restore(context["scorer"])
