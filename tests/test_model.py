@@ -38,15 +38,7 @@ def _pairs(n: int = 60, seed: int = 0) -> tuple[list[str], list[str]]:
 QUERIES, TEXTS = _pairs()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, especially on a loaded shared machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def reference_scores(loaded, queries, titles, texts) -> np.ndarray:

@@ -132,16 +132,7 @@ def _assert_same_order(qids, got: np.ndarray, want: np.ndarray) -> None:
         assert got_order.tolist() == want_order.tolist(), f"candidate order differs for {qid}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and a shared 2-core machine under load makes
-    OpenMP's spinning threads cost 100x on small matmuls (measured: 0.07 ms -> 8 ms)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
