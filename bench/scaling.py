@@ -460,7 +460,7 @@ def core_runs(
     first_scores = None
     for count in threads:
         torch.set_num_threads(count)
-        scorer = Scorer(loaded, batch_size=args.batch_size)  # max_tokens "auto", as in the job
+        scorer = Scorer(loaded, batch_size=args.batch_size)  # the device's token budget, as in the job
         print(f"  core, {count} torch thread(s): running ...", flush=True)
         parts = []
         with sampler.window() as w:

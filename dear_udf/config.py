@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .exceptions import ConfigError
-from .layout import POOLING_RULES, SPECIAL_TOKEN_MODES, Layout
+from .layout import Layout
 from .model import ModelSpec
 from .schema import check_run_id
+from .settings import add_flags, flag, flag_values
 from .tracking import TrackingSpec, tracking_spec
 
 InputFormat = Literal["parquet", "delta", "table", "jsonl", "tsv", "trec", "qrels", "beir"]
@@ -69,28 +70,45 @@ def default_run_id() -> str:
 class JobConfig:
     """Everything one reranking run needs. See ``dear-rerank run --help``."""
 
-    queries: InputSpec
-    corpus: InputSpec
-    candidates: InputSpec
-    output: str
+    # A field with flag(...) metadata has a command line flag (settings.py); every field is
+    # a YAML key. ModelSpec (model:), Layout (layout:) and TrackingSpec (mlflow:) declare theirs.
+    queries: InputSpec = field(metadata=flag("--queries", help="queries: Parquet, Delta, table, JSONL, TSV, BEIR folder"))
+    corpus: InputSpec = field(metadata=flag("--corpus", help="documents: Parquet, Delta, table, JSONL, TSV, BEIR folder"))
+    candidates: InputSpec = field(metadata=flag("--candidates", help="first-stage candidates: TREC run, Parquet, Delta, table, JSONL"))
+    output: str = field(metadata=flag("--output", help="output table (folder path)"))
     model: ModelSpec
-    format: OutputFormat = "delta"
-    top_k: int = 10
-    depth: int = 100
-    run_id: str = field(default_factory=default_run_id)
-    summary: str | None = None  # default: <output>.<run_id>.summary.json beside the table
-    qrels: InputSpec | None = None
-    trec_out: str | None = None
-    batch_size: int = 128
-    max_tokens: int | None = None  # None: the scorer's device default (see Scorer)
+    format: OutputFormat = field(default="delta", metadata=flag("--format", choices=["delta", "parquet"], help="output format (default delta)"))
+    top_k: int = field(default=10, metadata=flag("--top-k", type=int, help="rows kept per query (default 10)"))
+    depth: int = field(default=100, metadata=flag("--depth", type=int, help="first-stage candidates reranked per query (default 100)"))
+    run_id: str = field(
+        default_factory=default_run_id,
+        metadata=flag(
+            "--run-id",
+            help="run partition; a rerun with the same id replaces it (default: today's UTC date); at most 200 "
+            "characters, no %%, / or =, no control characters, no spaces at either end",
+        ),
+    )
+    summary: str | None = field(default=None, metadata=flag("--summary", help="where to write the run summary JSON (default: <output>.<run_id>.summary.json)"))
+    qrels: InputSpec | None = field(default=None, metadata=flag("--qrels", help="optional judgements (TREC qrels, BEIR folder, Parquet) for metrics"))
+    trec_out: str | None = field(default=None, metadata=flag("--trec-out", help="also write the top-k as a TREC run file"))
+    batch_size: int = field(default=128, metadata=flag("--batch-size", type=int, help="pairs per micro-batch (default 128)"))
+    max_tokens: int | None = field(
+        default=None, metadata=flag("--max-tokens", type=int, help="token budget per micro-batch (default: 4096 on CPU, none on GPU)")
+    )
     layout: Layout = field(default_factory=Layout)
-    master: str | None = None  # None: use the session spark-submit/Databricks gives
+    master: str | None = field(default=None, metadata=flag("--master", help="Spark master, e.g. local[2]; default: the session's"))
     arrow_batch_size: int = 10000  # spark.sql.execution.arrow.maxRecordsPerBatch
-    scoring_partitions: int | None = None  # None: Spark's default parallelism
+    scoring_partitions: int | None = field(default=None, metadata=flag("--partitions", type=int, help="scoring partitions (default: Spark's default parallelism)"))
     spark_conf: Mapping[str, str] = field(default_factory=dict)
-    max_drop_share: float = 0.5  # refuse a run dropping more of its candidates within depth
-    allow_empty: bool = False  # publish a run that scored nothing or dropped too much
-    mlflow: TrackingSpec | None = None  # None: not tracked (see tracking.py)
+    max_drop_share: float = field(
+        default=0.5,
+        metadata=flag("--max-drop-share", type=float, help="refuse to write when more than this share of the candidates within depth is dropped (default 0.5)"),
+    )
+    allow_empty: bool = field(
+        default=False,
+        metadata=flag("--allow-empty", action="store_true", help="write even a run that scored nothing or dropped more than --max-drop-share"),
+    )
+    mlflow: TrackingSpec | None = field(default=None, metadata=flag("--mlflow", action="store_true", help="log the run to MLflow (needs the mlflow extra)"))
 
     def __post_init__(self) -> None:
         for name in ("top_k", "depth", "batch_size", "arrow_batch_size", "max_tokens", "scoring_partitions"):
@@ -253,26 +271,35 @@ def _run_id_text(value: Any, where: str) -> Any:
     return value
 
 
-def add_layout_arguments(parser: Any) -> None:
-    """``--pooling`` and ``--special-tokens``, shared by ``score`` and ``run``."""
-    parser.add_argument(
-        "--pooling",
-        choices=POOLING_RULES,
-        help="pooled position: first-pad = transformers <= 4.47, as DeAR was trained and "
-        "evaluated (default); last-non-pad = transformers >= 4.48",
-    )
-    parser.add_argument(
-        "--special-tokens",
-        dest="special_tokens",
-        choices=SPECIAL_TOKEN_MODES,
-        help="special-token strings in texts: split = plain text (default, safe); "
-        "parse = special ids, exactly as DeAR's own code",
-    )
+def add_job_arguments(parser: Any) -> None:
+    """The flags of ``dear-rerank run``: every setting with a flag, defined on its field."""
+    parser.add_argument("--config", help="a packaged profile (local, gpu-cluster, databricks) or a YAML file; flags override it")
+    for cls in (JobConfig, ModelSpec, Layout, TrackingSpec):
+        add_flags(parser, cls)
 
 
-def layout_values(args: Any) -> dict[str, str]:
-    """The layout settings given as flags (None: not given, the file or default decides)."""
-    return {name: getattr(args, name) for name in ("pooling", "special_tokens") if getattr(args, name, None) is not None}
+def config_from_args(args: Any) -> JobConfig:
+    """Merge the YAML file (if any) with the flags given; flags win."""
+    base = expand_shorthand(load_yaml(args.config)) if getattr(args, "config", None) else {}
+    flags: dict[str, Any] = flag_values(args, JobConfig)
+    # A path flag replaces the file's input entry's path but keeps its columns/format.
+    for name in _INPUTS:
+        if name in flags and name in base:
+            flags[name] = {"path": flags[name]}
+    flags["model"] = flag_values(args, ModelSpec) or None
+    flags["layout"] = flag_values(args, Layout) or None
+    tracking = flag_values(args, TrackingSpec)
+    if tracking:
+        flags["mlflow"] = tracking
+    elif flags.get("mlflow") and isinstance(base.get("mlflow"), Mapping):
+        del flags["mlflow"]  # --mlflow alone keeps the file's experiment and URI
+    values = merge(base, flags)
+    model_values = values.get("model") or {}
+    if isinstance(model_values, dict):  # anything else is refused by name below
+        if not model_values.get("model") and not model_values.get("adapter"):
+            model_values = {}
+        values["model"] = model_values or None
+    return build_job_config(values, where=getattr(args, "config", None) or "flags")
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,10 +29,11 @@ pass pools; the scorer reproduces that hidden state without computing the paddin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from .exceptions import ConfigError
+from .settings import flag
 
 Pooling = Literal["first-pad", "last-non-pad"]
 POOLING_RULES = ("first-pad", "last-non-pad")
@@ -63,8 +64,24 @@ class Layout:
     padded_length: int = 228
     query_prefix: str = "query: "
     doc_prefix: str = "document: "
-    pooling: Pooling = "first-pad"
-    special_tokens: SpecialTokens = "split"
+    pooling: Pooling = field(
+        default="first-pad",
+        metadata=flag(
+            "--pooling",
+            choices=POOLING_RULES,
+            help="pooled position: first-pad = transformers <= 4.47, as DeAR was trained and "
+            "evaluated (default); last-non-pad = transformers >= 4.48",
+        ),
+    )
+    special_tokens: SpecialTokens = field(
+        default="split",
+        metadata=flag(
+            "--special-tokens",
+            choices=SPECIAL_TOKEN_MODES,
+            help="special-token strings in texts: split = plain text (default, safe); "
+            "parse = special ids, exactly as DeAR's own code",
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name in ("query_max_tokens", "doc_max_tokens", "padded_length"):

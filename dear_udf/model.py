@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .exceptions import ModelLoadError
+from .exceptions import ConfigError, ModelLoadError
+from .settings import flag
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 DTYPES = ("float32", "bfloat16", "float16")
@@ -33,7 +34,8 @@ class ModelSpec:
         base_from_adapter: when ``adapter`` is given and ``model`` is None, the base comes
             from the adapter's ``adapter_config.json``.
         dtype: weights dtype; the score head always runs in float32.
-        device: "cpu", "cuda", "cuda:N", or None to let the caller decide.
+        device: "cpu", "cuda", "cuda:N", or None (the default) for the GPU this process
+            or Spark task was given, else CPU (``resolve_device``, ``spark.model_cache``).
         revision: optional revision pin (branch, tag or commit) for hub ids.
         local_files_only: never reach the hub; also on when ``HF_HUB_OFFLINE=1``.
         allow_pickle: accept ``.bin`` (pickle) weights; off by default.
@@ -41,24 +43,27 @@ class ModelSpec:
             attention path that honours an explicit mask (not FlashAttention-2's unpadding).
     """
 
-    model: str | None
-    adapter: str | None = None
-    dtype: Dtype = "float32"
-    device: str | None = "cpu"
-    revision: str | None = None
+    model: str | None = field(metadata=flag("--model", help="DeAR model (hub id or directory), or the base of --adapter"))
+    adapter: str | None = field(default=None, metadata=flag("--adapter", help="PEFT LoRA adapter (hub id or directory)"))
+    dtype: Dtype = field(default="float32", metadata=flag("--dtype", choices=DTYPES, help="weights dtype (default float32)"))
+    device: str | None = field(
+        default=None, metadata=flag("--device", help="cpu, cuda or cuda:N; default: the GPU Spark gave the task, else CPU")
+    )
+    revision: str | None = field(default=None, metadata=flag("--revision", help="revision pin for hub ids"))
     local_files_only: bool = False
-    allow_pickle: bool = False
+    allow_pickle: bool = field(default=False, metadata=flag("--allow-pickle", action="store_true", help="accept .bin (pickle) weights"))
     attn_implementation: str = "sdpa"
 
     def __post_init__(self) -> None:
+        # Bad settings are configuration errors: nothing has been loaded yet.
         if self.model is None and self.adapter is None:
-            raise ModelLoadError("model must be given (or an adapter whose config names its base).")
+            raise ConfigError("model must be given (or an adapter whose config names its base).")
         if self.dtype not in DTYPES:
-            raise ModelLoadError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
         if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
-            raise ModelLoadError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}.")
+            raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}.")
         if self.attn_implementation not in ("sdpa", "eager"):
-            raise ModelLoadError(
+            raise ConfigError(
                 "attn_implementation must be 'sdpa' or 'eager' (the pooling trick needs an "
                 f"explicit attention mask), got {self.attn_implementation!r}."
             )
@@ -320,6 +325,17 @@ def resolve_model_files(spec: ModelSpec) -> ModelFiles:
     return ModelFiles(base_dir=base_dir, adapter_dir=adapter_dir, read=tuple(read))
 
 
+def resolve_device(device: str | None) -> str:
+    """The device to load on: ``device`` when given, else CUDA when this process sees a GPU
+    (``CUDA_VISIBLE_DEVICES`` decides which), else CPU. Spark tasks use the GPU Spark
+    assigned instead (``spark.model_cache.task_device``)."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def check_device(device: str | None) -> None:
     """Refuse a CUDA device this machine cannot give, before any weights are read.
 
@@ -461,7 +477,7 @@ def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
 
     hf_logging.disable_progress_bar()  # one bar per executor load only clutters job logs
     start = time.perf_counter()
-    device = device or spec.device or "cpu"
+    device = resolve_device(device or spec.device)
     check_device(device)
     found = resolve_model_files(spec)
     base_dir, adapter_dir = found.base_dir, found.adapter_dir

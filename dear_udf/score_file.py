@@ -15,24 +15,21 @@ import json
 from pathlib import Path
 
 from . import schema as S
-from .config import add_layout_arguments, layout_values
+from .layout import Layout
+from .model import ModelSpec
+from .settings import add_flags, flag_values
 from .exceptions import InputError
 
 CHUNK_ROWS = 4096  # pairs per call of the scorer (a progress step; see main)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="full model, or base model of --adapter (id or directory)")
-    parser.add_argument("--adapter", help="PEFT LoRA adapter (id or directory)")
     parser.add_argument("--pairs", required=True, help="Parquet with query_id, doc_id, query, text[, title]")
     parser.add_argument("--out", required=True, help="Parquet to write: query_id, doc_id, score")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=128, help="pairs per micro-batch")
     parser.add_argument("--max-tokens", type=int, default=None, help="token budget per micro-batch (default: 4096 on CPU, none on GPU)")
-    parser.add_argument("--revision", help="revision pin for hub ids")
-    parser.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights")
-    add_layout_arguments(parser)
+    add_flags(parser, ModelSpec)
+    add_flags(parser, Layout)
 
 
 def read_pairs(path: str):
@@ -66,21 +63,12 @@ def main(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from .console import progress_bar
-    from .layout import Layout
-    from .model import ModelSpec, load_model
+    from .model import load_model
     from .scorer import Scorer
 
     table = read_pairs(args.pairs)
-    spec = ModelSpec(
-        model=args.model,
-        adapter=args.adapter,
-        dtype=args.dtype,
-        device=args.device,
-        revision=args.revision,
-        allow_pickle=args.allow_pickle,
-    )
-    loaded = load_model(spec)
-    scorer = Scorer(loaded, layout=Layout(**layout_values(args)), batch_size=args.batch_size, max_tokens="auto" if args.max_tokens is None else args.max_tokens)
+    loaded = load_model(ModelSpec(**{"model": None, **flag_values(args, ModelSpec)}))
+    scorer = Scorer(loaded, layout=Layout(**flag_values(args, Layout)), batch_size=args.batch_size, max_tokens=args.max_tokens)
     # Chunks as the Spark job's Arrow batches, whole queries each (see whole_queries): the
     # bar moves, and on a GPU the next chunk is tokenized while the current one is scored.
     order = pc.sort_indices(table, sort_keys=[(S.QUERY_ID, "ascending")])  # stable

@@ -106,9 +106,10 @@ class Scorer:
         loaded: a ``model.LoadedModel``.
         layout: the DeAR layout (defaults are DeAR's).
         batch_size: pairs per micro-batch (128 by default).
-        max_tokens: cap on padded tokens per micro-batch (batch * length). "auto" (the
-            default) is ``CPU_TOKEN_BUDGET`` on CPU, where smaller batches stay in cache
-            (bench/RESULTS.md), and no cap on GPU, where batch_size bounds the batch.
+        max_tokens: cap on padded tokens per micro-batch (batch * length). None (the
+            default) means the device's budget: ``CPU_TOKEN_BUDGET`` on CPU, where smaller
+            batches stay in cache (bench/RESULTS.md), and no cap on GPU, where batch_size
+            bounds the batch. This is the one place that default is decided.
 
     Example:
         >>> scorer = Scorer(load_model(ModelSpec(model="/models/dear-3b")))
@@ -122,14 +123,12 @@ class Scorer:
         *,
         layout: Layout | None = None,
         batch_size: int = 128,
-        max_tokens: int | None | str = "auto",
+        max_tokens: int | None = None,
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        if max_tokens != "auto" and max_tokens is not None and (
-            not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
-        ):
-            raise ConfigError(f"max_tokens must be a positive integer, None or 'auto', got {max_tokens!r}.")
+        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+            raise ConfigError(f"max_tokens must be a positive integer or None (the device's budget), got {max_tokens!r}.")
         import torch
 
         self.loaded = loaded
@@ -137,9 +136,9 @@ class Scorer:
         self.layout = layout or Layout()
         self.batch_size = batch_size
         self.device = torch.device(loaded.device)
-        if max_tokens == "auto":
-            max_tokens = CPU_TOKEN_BUDGET if self.device.type == "cpu" else None
-        self.max_tokens = max_tokens
+        if max_tokens is None and self.device.type == "cpu":
+            max_tokens = CPU_TOKEN_BUDGET
+        self.max_tokens = max_tokens  # None: no cap (GPU)
         self.encoder = PairEncoder(loaded.tokenizer, self.layout, pool_pad_id=loaded.pool_pad_id, pad_id=loaded.pad_id)
         self.backbone = getattr(self.model, self.model.base_model_prefix)
         head = self.model.score

@@ -48,6 +48,7 @@ class RunSummary:
     queries_pooled_in_query_examples: list[str] = field(default_factory=list)
     model_loads: int = 0
     oom_splits: int = 0
+    tasks_without_gpu: int = 0  # scoring tasks Spark gave no GPU (device unset): they ran on CPU
     real_tokens: int = 0
     computed_tokens: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)

@@ -26,11 +26,12 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .exceptions import ConfigError
+from .settings import flag
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ class TrackingSpec:
         run_name: None: ``dear-rerank <run_id>``.
     """
 
-    experiment: str | None = None
-    tracking_uri: str | None = None
+    experiment: str | None = field(default=None, metadata=flag("--mlflow-experiment", help="MLflow experiment (implies --mlflow)"))
+    tracking_uri: str | None = field(default=None, metadata=flag("--mlflow-tracking-uri", help="MLflow tracking URI (implies --mlflow)"))
     run_name: str | None = None
 
     def __post_init__(self) -> None:

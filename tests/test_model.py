@@ -251,7 +251,9 @@ def test_hub_id_offline_is_named(monkeypatch):
     ],
 )
 def test_model_spec_validation(kwargs, message):
-    with pytest.raises(ModelLoadError, match=message):
+    from dear_udf.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
         ModelSpec(**kwargs)
 
 

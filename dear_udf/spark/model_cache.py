@@ -15,6 +15,7 @@ Contract of the cache:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -26,27 +27,55 @@ _cache: OrderedDict[tuple, Any] = OrderedDict()
 _lock = threading.Lock()
 
 
-def task_device(requested: str | None) -> str:
-    """The device for this task: the GPU Spark assigned, else cuda:0, else CPU.
+def task_device(requested: str | None) -> tuple[str, bool]:
+    """The device for this task and whether Spark assigned it a GPU.
 
-    ``requested`` (e.g. "cpu" or "cuda:1") wins when given. Must run inside a Spark task.
+    ``requested`` (e.g. "cpu" or "cuda:1") wins when given. Else the task's GPU, as
+    spark-rapids-ml chooses it: Spark's address for the task, as an index among
+    ``CUDA_VISIBLE_DEVICES`` when the cluster set it. With no GPU assigned the task runs
+    on CPU and says so, never on a guessed ``cuda:0`` that every task would share.
+    Must run inside a Spark task.
     """
     from pyspark import TaskContext
 
     context = TaskContext.get()
     if context is None:
         raise RuntimeError("task_device() runs on executors only, inside a Spark task.")
-    if requested:
-        return requested
     gpus = context.resources().get("gpu")
-    if gpus is not None and gpus.addresses:
-        return f"cuda:{gpus.addresses[0]}"
-    import torch
+    assigned = gpus is not None and bool(gpus.addresses)
+    if requested:
+        return requested, assigned
+    if assigned:
+        return f"cuda:{visible_index(gpus.addresses[0], os.environ.get('CUDA_VISIBLE_DEVICES'))}", True
+    log.warning(
+        "Spark assigned no GPU to scoring task %d (spark.task.resource.gpu.amount unset?): scoring on CPU",
+        context.partitionId(),
+    )
+    return "cpu", False
 
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+def visible_index(address: str, visible: str | None) -> int:
+    """The CUDA index of the GPU Spark calls ``address`` in this process.
+
+    Spark's addresses are the discovery script's (physical) ids. When the cluster
+    restricted this process with ``CUDA_VISIBLE_DEVICES``, CUDA numbers the visible ones
+    from 0, so the index is the address's position there.
+    """
+    from ..exceptions import ModelLoadError
+
+    if not visible:
+        return int(address)
+    ids = [part.strip() for part in visible.split(",") if part.strip()]
+    if address in ids:
+        return ids.index(address)
+    if len(ids) == 1:  # isolated to this task's GPU under another name (e.g. a UUID)
+        return 0
+    raise ModelLoadError(
+        f"Spark assigned GPU {address!r} to this task, but CUDA_VISIBLE_DEVICES={visible!r} does not name it."
+    )
 
 
-def get_scorer(key: tuple, spec: Any, device: str, *, layout: Any, batch_size: int, max_tokens: int | None | str):
+def get_scorer(key: tuple, spec: Any, device: str, *, layout: Any, batch_size: int, max_tokens: int | None):
     """Return this worker's scorer for ``key``, loading the model on first use.
 
     Returns:

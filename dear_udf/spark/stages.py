@@ -22,15 +22,10 @@ from .. import schema as S
 from ..exceptions import InputError
 
 DROP_REASON = "drop_reason"
-DROP_REASONS = (
-    "null_id",
-    "duplicate_candidate",
-    "beyond_depth",
-    "query_id_not_in_queries",
-    "empty_query_text",
-    "doc_id_not_in_corpus",
-    "empty_document",
-)
+# Decided after the depth cut, on the texts: these candidates are still in the first-stage
+# run to depth, the run the reranked one is compared with.
+TEXT_DROP_REASONS = ("query_id_not_in_queries", "empty_query_text", "doc_id_not_in_corpus", "empty_document")
+DROP_REASONS = ("null_id", "duplicate_candidate", "beyond_depth", *TEXT_DROP_REASONS)
 _POSITION = "_first_stage_position"
 _INT_MAX = 2**31 - 1
 
@@ -146,6 +141,13 @@ def candidate_status(candidates: Any, queries: Any, corpus: Any, *, depth: int) 
         S.FIRST_STAGE_SCORE,
         DROP_REASON,
     )
+
+
+def within_depth(status: Any) -> Any:
+    """The candidates of the first-stage run to depth: kept, or dropped only for their texts."""
+    from pyspark.sql import functions as F
+
+    return status.filter(F.col(DROP_REASON).isNull() | F.col(DROP_REASON).isin(*TEXT_DROP_REASONS))
 
 
 def pairs_to_score(status: Any, *, partitions: int, char_cap: int | None = None) -> Any:

@@ -91,7 +91,7 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
         from .. import hooks
         from . import model_cache
 
-        device = model_cache.task_device(settings.spec.device)
+        device, has_gpu = model_cache.task_device(settings.spec.device)
         if device == "cpu":
             import torch
 
@@ -102,7 +102,7 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
             device,
             layout=settings.layout,
             batch_size=settings.batch_size,
-            max_tokens="auto" if settings.max_tokens is None else settings.max_tokens,
+            max_tokens=settings.max_tokens,
         )
         fingerprint = scorer.loaded.fingerprint
         if settings.expected_fingerprint and fingerprint != settings.expected_fingerprint:
@@ -143,6 +143,7 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
             counters.add(
                 {
                     "model_loads": int(loaded_now),
+                    "tasks_without_gpu": int(settings.spec.device is None and not has_gpu),
                     "oom_splits": after["oom_splits"] - before["oom_splits"],
                     "real_tokens": after["real_tokens"] - before["real_tokens"],
                     "computed_tokens": after["computed_tokens"] - before["computed_tokens"],

@@ -1,0 +1,286 @@
+"""The steps of one run, in the order the data flows: read, join, score, top-k, evaluate, write.
+
+Each step takes the ``Run`` (settings, session, summary) and the DataFrames of the steps
+before it, fills its part of the summary, and returns what the next step needs
+(``job.run_job`` chains them). A new step, such as a score cache in front of ``score``,
+is one more function of this shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import schema as S
+from ..config import JobConfig
+from ..model import ModelInfo
+from ..summary import RunSummary
+
+log = logging.getLogger(__name__)
+
+NOTHING_TO_RANK_LISTED = 1000  # queries listed by id in the summary; all are counted
+
+
+@dataclass
+class Run:
+    """One run in progress: its settings, session, model facts and summary."""
+
+    config: JobConfig
+    spark: Any
+    info: ModelInfo
+    summary: RunSummary
+    started: float
+    report_png: str | None = None  # the report figure, when the run is tracked
+    persisted: list[Any] = field(default_factory=list)
+
+    def keep(self, df: Any) -> Any:
+        """Persist ``df`` for the steps after this one; released when the run ends."""
+        from pyspark import StorageLevel
+
+        df = df.persist(StorageLevel.MEMORY_AND_DISK)
+        self.persisted.append(df)
+        return df
+
+    def release(self) -> None:
+        for df in self.persisted:
+            df.unpersist()
+
+    @contextmanager
+    def stage(self, name: str):
+        """Time a step into ``summary.stage_seconds`` and name it in progress lines."""
+        from . import progress
+
+        progress.set_step(name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.summary.stage_seconds[name] = round(time.perf_counter() - start, 3)
+        log.info("%s done in %.1fs", name, self.summary.stage_seconds[name])
+
+
+@dataclass(frozen=True)
+class Inputs:
+    queries: Any
+    corpus: Any
+    candidates: Any
+
+
+def start(config: JobConfig, spark: Any = None) -> Run:
+    """The session, the refusals that need no input, and the model's facts (not its weights)."""
+    from .. import hooks, tracking
+    from ..model import check_device, inspect_model, resolve_device
+    from . import preflight
+    from .session import executors_on_this_machine, get_session
+
+    started = time.perf_counter()
+    spark = spark or get_session(master=config.master, conf=config.spark_conf, arrow_batch_size=config.arrow_batch_size)
+    preflight.check_paths(config, spark=spark)  # seconds, before any input is read or model loaded
+    if executors_on_this_machine(spark):  # local mode: this machine's device; else the executors decide
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, device=resolve_device(config.model.device)))
+        check_device(config.model.device)
+    info = inspect_model(config.model, config.layout)
+    summary = RunSummary(run_id=config.run_id, model=info.label, output=config.output, format=config.format)
+    summary.settings = _settings(config, info)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_size))
+    injected = hooks.setting() or spark.sparkContext.environment.get(hooks.ENV)
+    if injected:  # tests only: a run with injected faults says so
+        summary.settings["fault_injection"] = injected
+    report_png = tracking.report_path(config.summary_path) if config.mlflow is not None else None
+    return Run(config=config, spark=spark, info=info, summary=summary, started=started, report_png=report_png)
+
+
+def _settings(config: JobConfig, info: ModelInfo) -> dict[str, Any]:
+    return {
+        "top_k": config.top_k,
+        "depth": config.depth,
+        "batch_size": config.batch_size,
+        "max_tokens": config.max_tokens,
+        "pooling": config.layout.pooling,
+        "special_tokens": config.layout.special_tokens,
+        "dtype": config.model.dtype,
+        "device": config.model.device or "the task's GPU",
+        "model_fingerprint": info.fingerprint,
+        "model_revision": info.revision,
+        "max_drop_share": config.max_drop_share,
+        "allow_empty": config.allow_empty,
+    }
+
+
+def read_inputs(run: Run) -> Inputs:
+    """Read the three inputs and count what they hold; conflicting duplicate ids are refused."""
+    from . import read, stages
+    from .profile import profile
+
+    config, summary = run.config, run.summary
+    with run.stage("read"):
+        inputs = Inputs(
+            queries=read.read_input(run.spark, config.queries, "queries"),
+            corpus=read.read_input(run.spark, config.corpus, "corpus"),
+            candidates=read.read_input(run.spark, config.candidates, "candidates"),
+        )
+        for name, df, text_cols, id_col in (
+            ("queries", inputs.queries, (S.QUERY,), S.QUERY_ID),
+            ("corpus", inputs.corpus, (S.TITLE, S.TEXT), S.DOC_ID),
+        ):
+            counts = profile(df, text_columns=text_cols, id_column=id_col)
+            summary.rows_read[name] = counts["rows"]
+            summary.texts_with_invalid_utf8[name] = counts["invalid_utf8"]
+            summary.rows_without_id[name] = counts["without_id"]
+        counts = profile(inputs.candidates, first_stage=True)
+        summary.rows_read["candidates"] = summary.candidates_read = counts["rows"]
+        summary.first_stage_missing = {"rank": counts["rank"], "score": counts["score"]}
+        summary.duplicate_ids_collapsed["queries"] = stages.check_unique_ids(inputs.queries, S.QUERY_ID, [S.QUERY], config.queries.path)
+        summary.duplicate_ids_collapsed["corpus"] = stages.check_unique_ids(inputs.corpus, S.DOC_ID, [S.TITLE, S.TEXT], config.corpus.path)
+    return inputs
+
+
+def join(run: Run, inputs: Inputs) -> Any:
+    """Every candidate kept or dropped with a reason; refuses a run that keeps too little."""
+    from .. import guards
+    from . import stages
+
+    with run.stage("join"):
+        status = run.keep(stages.candidate_status(inputs.candidates, inputs.queries, inputs.corpus, depth=run.config.depth))
+        for row in status.groupBy(stages.DROP_REASON).count().collect():
+            reason, count = row[stages.DROP_REASON], int(row["count"])
+            if reason is None:
+                run.summary.candidates_kept = count
+            else:
+                run.summary.dropped[reason] = count
+    guards.check_kept(run.summary, max_drop_share=run.config.max_drop_share, allow_empty=run.config.allow_empty)
+    return status
+
+
+def score(run: Run, status: Any) -> Any:
+    """Score the kept pairs; refuses non-finite scores."""
+    from .. import guards
+    from . import stages
+    from .udf import CounterParam, ScoringSettings, score_pairs, worker_errors
+
+    config, summary = run.config, run.summary
+    with run.stage("score"):
+        partitions = config.scoring_partitions or run.spark.sparkContext.defaultParallelism
+        pairs = stages.pairs_to_score(status, partitions=partitions, char_cap=run.info.char_cap)
+        counters = run.spark.sparkContext.accumulator({}, CounterParam())
+        settings = ScoringSettings(
+            spec=config.model,
+            layout=config.layout,
+            batch_size=config.batch_size,
+            max_tokens=config.max_tokens,
+            expected_fingerprint=run.info.fingerprint,
+        )
+        scored = run.keep(score_pairs(pairs, settings, counters))
+        with worker_errors():  # a worker's refusal (no CUDA there, other files) in one line
+            counts = stages.score_counts(scored)
+        examples = counts.pop("non_finite_examples")
+        for name, value in counts.items():
+            setattr(summary, name, value)
+        for name in ("model_loads", "oom_splits", "real_tokens", "computed_tokens", "tasks_without_gpu"):
+            setattr(summary, name, int(counters.value.get(name, 0)))
+    seconds = summary.stage_seconds["score"]
+    summary.pairs_per_second = round(summary.pairs_scored / seconds, 2) if seconds else 0.0
+    _warn_about_scoring(summary, config.layout.pooling)
+    guards.check_scored(summary, examples=examples)
+    return scored
+
+
+def _warn_about_scoring(summary: RunSummary, pooling: str) -> None:
+    if summary.queries_pooled_in_query:
+        log.warning(
+            "%d queries are pooled inside the query under pooling=%s (e.g. %s): their candidates "
+            "all get one score, so reranking keeps the first-stage order; --pooling last-non-pad avoids it.",
+            summary.queries_pooled_in_query,
+            pooling,
+            ", ".join(summary.queries_pooled_in_query_examples),
+        )
+    if summary.tasks_without_gpu:
+        log.warning(
+            "%d scoring tasks were given no GPU by Spark and ran on CPU; set "
+            "spark.task.resource.gpu.amount (and the executors' GPU resources), or --device cpu to mean it.",
+            summary.tasks_without_gpu,
+        )
+
+
+def top_k(run: Run, inputs: Inputs, scored: Any) -> Any:
+    """The best ``top_k`` per query; every query of the candidates is accounted for."""
+    from pyspark.sql import functions as F
+
+    from .. import guards
+    from . import stages
+
+    summary = run.summary
+    with run.stage("topk"):
+        top = run.keep(stages.top_k(scored, k=run.config.top_k, run_id=run.config.run_id, model=run.info.label))
+        row = top.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct(S.QUERY_ID).alias("queries")).collect()[0]
+        summary.output_rows, summary.output_queries = int(row["rows"]), int(row["queries"])
+        all_queries = inputs.candidates.select(S.QUERY_ID).where(stages.has_id(F.col(S.QUERY_ID))).distinct()
+        summary.queries_in_candidates = all_queries.count()
+        # Queries with no candidate row at all: nothing to rerank, so nothing is written
+        # for them; they are counted, not listed (first-stage misses are normal).
+        known = inputs.queries.select(S.QUERY_ID).where(stages.has_id(F.col(S.QUERY_ID))).distinct()
+        summary.queries_without_candidates = known.join(all_queries, S.QUERY_ID, "left_anti").count()
+        nothing = all_queries.join(scored.select(S.QUERY_ID).distinct(), S.QUERY_ID, "left_anti")
+        summary.queries_with_nothing_to_rank_count = nothing.count()
+        summary.queries_with_nothing_to_rank = sorted(r[S.QUERY_ID] for r in nothing.limit(NOTHING_TO_RANK_LISTED).collect())
+    guards.check_accounted(summary)
+    return top
+
+
+def evaluate(run: Run, status: Any, top: Any) -> None:
+    """First stage (to depth) vs reranked, on the queries that have judgements, and the figure."""
+    from pyspark.sql import functions as F
+
+    from ..evaluate import compare
+    from . import read, stages
+
+    with run.stage("evaluate"):
+        qrels = read.read_input(run.spark, run.config.qrels, "qrels")
+        judged = qrels.select(S.QUERY_ID).distinct()
+        first = (
+            stages.within_depth(status)
+            .join(judged, S.QUERY_ID, "left_semi")
+            .select(S.QUERY_ID, S.DOC_ID, (-F.col(S.FIRST_STAGE_RANK).cast("double")).alias(S.SCORE))
+        )
+        reranked = top.join(judged, S.QUERY_ID, "left_semi").select(S.QUERY_ID, S.DOC_ID, S.SCORE)
+        first, reranked, qrels = first.toArrow(), reranked.toArrow(), qrels.toArrow()
+        run.summary.metrics = compare(first, reranked, qrels, k=run.config.top_k)
+        if run.report_png:
+            try:
+                from ..report import write_report
+
+                write_report(first, reranked, qrels, run.report_png)
+            except Exception as exc:  # noqa: BLE001 - the figure is extra; the run goes on
+                log.warning("could not write the report figure %s (%s: %s)", run.report_png, type(exc).__name__, exc)
+
+
+def write_last(run: Run, top: Any) -> None:
+    """Commit the table as the last step that can fail.
+
+    The TREC run is written, and the summary's file created, beside their targets before
+    the commit; after it they are only renamed into place. A run that fails before its
+    commit leaves the table, the TREC file and the summary as they were.
+    """
+    from ..io.staged import StagedFile
+    from ..io.trec import write_trec_run
+    from .write import write_output
+
+    config, summary = run.config, run.summary
+    with ExitStack() as stack:
+        summary_file = stack.enter_context(StagedFile(config.summary_path))
+        trec_file = stack.enter_context(StagedFile(config.trec_out)) if config.trec_out else None
+        if trec_file is not None:
+            tag = "dear-" + re.sub(r"\s", "_", config.run_id)  # a TREC tag is one word; a run id may hold spaces
+            write_trec_run(top.select(S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE).toArrow(), trec_file.tmp, tag=tag)
+        with run.stage("write"):
+            summary.write = write_output(top, output=config.output, fmt=config.format, run_id=config.run_id)
+        if trec_file is not None:
+            trec_file.publish()
+        summary.wall_seconds = round(time.perf_counter() - run.started, 3)
+        summary_file.write_text(summary.to_json())
+        summary_file.publish()
