@@ -39,18 +39,6 @@ TOPIC_SIZE = 3  # terms per topic; a query uses two or three of them
 HARD_NEGATIVES_PER_QUERY = 8
 _QUESTION_PREFIXES = ("", "", "what is", "how does", "why did", "where is")
 
-QUERIES_SCHEMA = pa.schema([(S.QUERY_ID, pa.string()), (S.QUERY, pa.string())])
-CORPUS_SCHEMA = pa.schema([(S.DOC_ID, pa.string()), (S.TITLE, pa.string()), (S.TEXT, pa.string())])
-QRELS_SCHEMA = pa.schema([(S.QUERY_ID, pa.string()), (S.DOC_ID, pa.string()), (S.RELEVANCE, pa.int32())])
-CANDIDATES_SCHEMA = pa.schema(
-    [
-        (S.QUERY_ID, pa.string()),
-        (S.DOC_ID, pa.string()),
-        (S.FIRST_STAGE_RANK, pa.int32()),
-        (S.FIRST_STAGE_SCORE, pa.float64()),
-    ]
-)
-
 # File names of ``write_collection``, by format; readers are told the format explicitly.
 FILE_NAMES: dict[str, dict[str, str]] = {
     "parquet": {
@@ -215,7 +203,7 @@ def make_collection(
             S.TITLE: [titles[d] for d in range(1, n_docs + 1)],
             S.TEXT: [texts[d] for d in range(1, n_docs + 1)],
         },
-        schema=CORPUS_SCHEMA,
+        schema=S.CORPUS_SCHEMA,
     )
     qrels = pa.table(
         {
@@ -223,7 +211,7 @@ def make_collection(
             S.DOC_ID: [f"d{d}" for docs in relevant for d in docs],
             S.RELEVANCE: [1] * (n_queries * docs_per_query_relevant),
         },
-        schema=QRELS_SCHEMA,
+        schema=S.QRELS_SCHEMA,
     )
 
     # The first stage: a lexical signal drowned in noise. Relevant and hard-negative
@@ -270,14 +258,14 @@ def make_collection(
             S.FIRST_STAGE_RANK: [r[2] for r in rows],
             S.FIRST_STAGE_SCORE: [r[3] for r in rows],
         },
-        schema=CANDIDATES_SCHEMA,
+        schema=S.CANDIDATES_SCHEMA,
     )
     queries = pa.table(
         {
             S.QUERY_ID: all_query_ids,
             S.QUERY: query_texts + [text for _, text in extra_queries],
         },
-        schema=QUERIES_SCHEMA,
+        schema=S.QUERIES_SCHEMA,
     )
     return Collection(queries=queries, corpus=corpus, qrels=qrels, candidates=candidates)
 

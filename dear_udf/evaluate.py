@@ -170,8 +170,9 @@ def load_qrels(path: str, *, format: str | None = None) -> pa.Table:
     """Read qrels from any input format (see ``io.formats.read_qrels``)."""
     from .config import InputSpec
     from .io.formats import read_qrels
+    from .io.runs import drop_rows_without_ids
 
-    return read_qrels(InputSpec(path, format=format))
+    return drop_rows_without_ids(read_qrels(InputSpec(path, format=format)), what=path)
 
 
 # -- command line ------------------------------------------------------------------------

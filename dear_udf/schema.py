@@ -36,6 +36,17 @@ OUTPUT_COLUMNS = (
     MODEL,
 )
 
+# The inputs as every reader returns them (ids are strings whatever the source held).
+QUERIES_SCHEMA = pa.schema([(QUERY_ID, pa.string()), (QUERY, pa.string())])
+CORPUS_SCHEMA = pa.schema([(DOC_ID, pa.string()), (TITLE, pa.string()), (TEXT, pa.string())])
+CANDIDATES_SCHEMA = pa.schema(
+    [(QUERY_ID, pa.string()), (DOC_ID, pa.string()), (FIRST_STAGE_RANK, pa.int32()), (FIRST_STAGE_SCORE, pa.float64())]
+)
+QRELS_SCHEMA = pa.schema([(QUERY_ID, pa.string()), (DOC_ID, pa.string()), (RELEVANCE, pa.int32())])
+INPUT_SCHEMAS = {"queries": QUERIES_SCHEMA, "corpus": CORPUS_SCHEMA, "candidates": CANDIDATES_SCHEMA, "qrels": QRELS_SCHEMA}
+# A TREC run file read back (the job's --trec-out, or a run given to ``eval``).
+TREC_RUN_SCHEMA = pa.schema([(QUERY_ID, pa.string()), (DOC_ID, pa.string()), (RANK, pa.int32()), (SCORE, pa.float64())])
+
 # What the Spark scoring stage gives back per pair: the carried columns, the score, and
 # where the layout read it (see layout.Encoded).
 SCORED_PAIRS_SCHEMA = pa.schema(

@@ -10,14 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from dear_udf.demo_data import (
-    CANDIDATES_SCHEMA,
-    CORPUS_SCHEMA,
-    QRELS_SCHEMA,
-    QUERIES_SCHEMA,
     RUN_TAG,
     make_collection,
     write_collection,
 )
+from dear_udf.schema import CANDIDATES_SCHEMA, CORPUS_SCHEMA, QRELS_SCHEMA, QUERIES_SCHEMA
 from dear_udf.exceptions import ConfigError
 from dear_udf.testing import vocabulary
 

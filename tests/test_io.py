@@ -229,10 +229,13 @@ def test_jsonl_malformed_line_names_file_and_line(tmp_path):
         read_corpus(InputSpec(path))
 
 
-def test_jsonl_record_without_id_names_its_line(tmp_path):
+def test_jsonl_record_without_id_keeps_a_null_id(tmp_path):
+    # As the Spark reader does: the job counts such rows (rows_without_id), never loses them.
     path = _write(tmp_path / "corpus.jsonl", '{"doc_id": "a", "text": "x"}\n\n{"text": "y"}\n')
-    with pytest.raises(InputError, match=r"corpus\.jsonl, line 3: no 'doc_id' \(doc_id\)"):
-        read_corpus(InputSpec(path))
+    assert read_corpus(InputSpec(path)).select(["doc_id", "text"]).to_pylist() == [
+        {"doc_id": "a", "text": "x"},
+        {"doc_id": None, "text": "y"},
+    ]
 
 
 def test_jsonl_invalid_utf8_is_replaced(tmp_path):
@@ -300,11 +303,17 @@ def test_nan_first_stage_score_reads_null(tmp_path):
     assert read_candidates(InputSpec(str(path))).column("first_stage_score").to_pylist() == [None, 1.0]
 
 
-def test_null_ids_are_refused(tmp_path):
+def test_null_ids_are_kept_and_evaluation_drops_them(tmp_path, caplog):
+    from dear_udf.evaluate import load_qrels
+
     path = tmp_path / "q.parquet"
     pq.write_table(pa.table({"query_id": ["1", None], "query": ["a", "b"]}), path)
-    with pytest.raises(InputError, match=r"q\.parquet: column 'query_id' holds 1 null id"):
-        read_queries(InputSpec(str(path)))
+    assert read_queries(InputSpec(str(path))).column("query_id").to_pylist() == ["1", None]
+    qrels = tmp_path / "qrels.parquet"
+    pq.write_table(pa.table({"query_id": ["1", None, " "], "doc_id": ["d", "e", "f"], "relevance": [1, 1, 1]}), qrels)
+    with caplog.at_level("WARNING"):
+        assert load_qrels(str(qrels)).to_pylist() == [{"query_id": "1", "doc_id": "d", "relevance": 1}]
+    assert "2 rows without a query_id or doc_id" in caplog.text
 
 
 def test_bad_column_type_is_named(tmp_path):

@@ -95,8 +95,14 @@ def test_bare_cr_inside_a_tsv_text_stays_in_the_text(spark, tmp_path):
 def test_malformed_trec_line_names_file_and_line(spark, files):
     from dear_udf.spark.read import read_input
 
-    with pytest.raises(InputError, match=r"broken\.trec: line 2"):
-        read_input(spark, InputSpec(str(files / "broken.trec")), "candidates")
+    from dear_udf.io.formats import read_candidates
+
+    path = str(files / "broken.trec")
+    with pytest.raises(InputError) as spark_error:
+        read_input(spark, InputSpec(path), "candidates")
+    with pytest.raises(InputError) as local_error:
+        read_candidates(InputSpec(path))
+    assert str(spark_error.value) == str(local_error.value) == f"{path}, line 2: rank must be an integer, got 'two'."
 
 
 def test_integer_ids_are_cast_to_strings(spark, tmp_path):

@@ -25,28 +25,8 @@ from .. import schema as S
 from ..config import INPUT_FORMATS, InputSpec
 from ..exceptions import InputError
 from . import rules
+from .text import read_text
 
-QUERIES_SCHEMA = pa.schema([(S.QUERY_ID, pa.string()), (S.QUERY, pa.string())])
-CORPUS_SCHEMA = pa.schema([(S.DOC_ID, pa.string()), (S.TITLE, pa.string()), (S.TEXT, pa.string())])
-CANDIDATES_SCHEMA = pa.schema(
-    [
-        (S.QUERY_ID, pa.string()),
-        (S.DOC_ID, pa.string()),
-        (S.FIRST_STAGE_RANK, pa.int32()),
-        (S.FIRST_STAGE_SCORE, pa.float64()),
-    ]
-)
-QRELS_SCHEMA = pa.schema([(S.QUERY_ID, pa.string()), (S.DOC_ID, pa.string()), (S.RELEVANCE, pa.int32())])
-TREC_RUN_SCHEMA = pa.schema(
-    [(S.QUERY_ID, pa.string()), (S.DOC_ID, pa.string()), (S.RANK, pa.int32()), (S.SCORE, pa.float64())]
-)
-
-_SCHEMAS = {
-    "queries": QUERIES_SCHEMA,
-    "corpus": CORPUS_SCHEMA,
-    "candidates": CANDIDATES_SCHEMA,
-    "qrels": QRELS_SCHEMA,
-}
 _ID_COLUMNS = (S.QUERY_ID, S.DOC_ID)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 _IDENT = re.compile(r"^`?[A-Za-z_][\w-]*`?$")
@@ -141,69 +121,23 @@ def infer_format(path: str) -> str:
 # ----------------------------------------------------------------------------- text files
 
 
-def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` of a text file (``.gz`` too), 1-based, blank lines skipped.
-
-    Decoding follows ``rules.decode_line``: invalid UTF-8 becomes U+FFFD, as in Spark.
-    """
+def iter_all_lines(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Every line of a text file (``.gz`` too), decoded by ``rules.decode_line``: invalid
+    UTF-8 becomes U+FFFD, as in Spark; lines end at ``\\n`` only."""
     opener: Callable[..., Any] = gzip.open if str(path).endswith(".gz") else open
     try:
         with opener(path, "rb") as fh:
-            for number, raw in enumerate(fh, start=1):
-                line = rules.decode_line(raw)
-                if not rules.is_blank(line):
-                    yield number, line
+            for raw in fh:
+                yield rules.decode_line(raw)
     except (OSError, EOFError) as exc:  # EOFError: a truncated gzip member
         raise InputError(f"{path}: cannot read ({exc}).") from exc
 
 
-def _parse_lines(path: str, parse: Callable[[str], tuple]) -> list[tuple]:
-    rows = []
-    for number, line in iter_lines(path):
-        try:
-            rows.append(parse(line))
-        except rules.LineError as exc:
-            raise InputError(f"{path}, line {number}: {exc}.") from None
-    return rows
-
-
-def _parse_qrels_lines(path: str) -> list[tuple]:
-    """TREC qrels (4 fields), or BEIR's TSV when its header is the first line."""
-    rows: list[tuple] = []
-    parse = rules.parse_trec_qrels_line
-    for index, (number, line) in enumerate(iter_lines(path)):
-        if index == 0 and rules.is_beir_qrels_header(line):
-            parse = rules.parse_beir_qrels_line
-            continue
-        try:
-            rows.append(parse(line))
-        except rules.LineError as exc:
-            raise InputError(f"{path}, line {number}: {exc}.") from None
-    return rows
-
-
-def _tsv_corpus(row: tuple) -> tuple:
-    return row[0], None, row[1]  # MS MARCO passages have no title
-
-
-# (kind, format) -> (parse a file into tuples, canonical names of the tuple's fields)
-_TEXT_READERS: dict[tuple[str, str], tuple[Callable[[str], list[tuple]], tuple[str, ...]]] = {
-    ("queries", "tsv"): (lambda p: _parse_lines(p, rules.parse_tsv_line), (S.QUERY_ID, S.QUERY)),
-    ("corpus", "tsv"): (
-        lambda p: [_tsv_corpus(r) for r in _parse_lines(p, rules.parse_tsv_line)],
-        (S.DOC_ID, S.TITLE, S.TEXT),
-    ),
-    ("candidates", "trec"): (
-        lambda p: _parse_lines(p, rules.parse_trec_run_line),
-        (S.QUERY_ID, S.DOC_ID, S.FIRST_STAGE_RANK, S.FIRST_STAGE_SCORE),
-    ),
-    **{("qrels", f): (_parse_qrels_lines, (S.QUERY_ID, S.DOC_ID, S.RELEVANCE)) for f in ("qrels", "tsv", "trec")},
-}
-
-
-def _rows_to_table(rows: list[tuple], names: tuple[str, ...], schema: pa.Schema) -> pa.Table:
-    columns = list(zip(*rows)) if rows else [()] * len(names)
-    return pa.table({n: pa.array(c, type=schema.field(n).type) for n, c in zip(names, columns)})
+def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` of a text file, 1-based, blank lines skipped."""
+    for number, line in enumerate(iter_all_lines(path), start=1):
+        if not rules.is_blank(line):
+            yield number, line
 
 
 # ----------------------------------------------------------------------------- columnar
@@ -219,7 +153,6 @@ def _resolve(path: str, kind: str, present: list[str], mapping: Mapping[str, str
 def _read_jsonl(path: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:
     """Read JSON Lines; like Spark's JSON reader, the columns are the union of the keys."""
     values: dict[str, list[Any]] = {}
-    lines: list[int] = []
     for row, (number, line) in enumerate(iter_lines(path)):
         try:
             record = json.loads(line)
@@ -231,17 +164,14 @@ def _read_jsonl(path: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:
             values[key] = [None] * row  # a key first seen here was absent (null) before
         for key, column in values.items():
             column.append(record.get(key))
-        lines.append(number)
     chosen = _resolve(path, kind, list(values), mapping)
     arrays = {}
     for canonical, source in chosen.items():
         column = values[source]
         if canonical in _ID_COLUMNS:
-            missing = next((i for i, v in enumerate(column) if v is None), None)
-            if missing is not None:
-                raise InputError(f"{path}, line {lines[missing]}: no {source!r} ({canonical}); every record needs one.")
             # JSON ids may be numbers: 123 reads "123", as Spark's cast to string gives.
-            column = [v if isinstance(v, str) else json.dumps(v) for v in column]
+            # A record without one keeps a null id, as in Spark (the job counts it).
+            column = [v if isinstance(v, str) or v is None else json.dumps(v) for v in column]
         try:
             arrays[canonical] = pa.array(column)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -283,7 +213,7 @@ def _conform(table: pa.Table, kind: str, path: str) -> pa.Table:
     """Cast to the kind's schema (absent optional columns as nulls) and check the ids."""
     import pyarrow.compute as pc
 
-    target = _SCHEMAS[kind]
+    target = S.INPUT_SCHEMAS[kind]
     columns = []
     for field in target:
         if field.name not in table.column_names:
@@ -295,8 +225,7 @@ def _conform(table: pa.Table, kind: str, path: str) -> pa.Table:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
             raise InputError(f"{path}: column {field.name!r} of type {column.type} cannot be read as {field.type} ({exc}).") from exc
         if field.name in _ID_COLUMNS:
-            if column.null_count:
-                raise InputError(f"{path}: column {field.name!r} holds {column.null_count} null id(s); every row needs one.")
+            # Null ids stay, as in the Spark readers: the job counts them, evaluation drops them.
             column = pc.utf8_trim(column, characters=" ")  # as rules.clean_id and Spark's trim
         if field.name == S.FIRST_STAGE_SCORE:
             # A NaN score carries no first-stage evidence and sorts unpredictably.
@@ -327,13 +256,9 @@ def _read(spec: InputSpec, kind: str) -> pa.Table:
     elif fmt == "jsonl":
         table = _read_jsonl(path, kind, mapping)
     else:
-        reader = _TEXT_READERS.get((kind, fmt))
-        if reader is None:
-            raise InputError(f"{path}: format {fmt!r} holds no {kind}.")
         if mapping:
             raise InputError(f"{path}: columns {mapping} given, but {fmt!r} files have a fixed layout without column names.")
-        parse, names = reader
-        table = _rows_to_table(parse(path), names, _SCHEMAS[kind])
+        table = read_text(path, kind, fmt)
     return _conform(table, kind, path)
 
 
@@ -394,5 +319,4 @@ def read_trec_run(path: str | os.PathLike[str]) -> pa.Table:
     path = str(path)
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file.")
-    rows = _parse_lines(path, rules.parse_trec_run_line)
-    return _rows_to_table(rows, tuple(TREC_RUN_SCHEMA.names), TREC_RUN_SCHEMA)
+    return read_text(path, "run", "trec")

@@ -7,6 +7,7 @@ first. Inputs that hold ranks but no scores (first-stage candidates from an MS M
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -18,6 +19,24 @@ from ..config import InputSpec
 from ..exceptions import InputError
 from .formats import infer_format, read_candidates, read_trec_run
 from .trec import to_arrow
+
+log = logging.getLogger(__name__)
+
+
+def drop_rows_without_ids(table: pa.Table, *, what: str) -> pa.Table:
+    """Rows whose query or doc id is null or blank cannot be evaluated: drop them, saying how many.
+
+    The readers keep such rows (so the job can count them); evaluation is where they go.
+    """
+    keep = None
+    for name in (S.QUERY_ID, S.DOC_ID):
+        has = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(table.column(name).cast(pa.string()))), 0), False)
+        keep = has if keep is None else pc.and_(keep, has)
+    dropped = table.num_rows - pc.sum(keep.cast(pa.int64())).as_py() if table.num_rows else 0
+    if dropped:
+        log.warning("%s: %d rows without a query_id or doc_id are not evaluated.", what, dropped)
+        table = table.filter(keep)
+    return table
 
 RUN_SCHEMA = pa.schema([(S.QUERY_ID, pa.string()), (S.DOC_ID, pa.string()), (S.SCORE, pa.float64())])
 # Where a run's score and rank may be found: reranked output first, then first-stage names.
@@ -45,6 +64,7 @@ def as_run(table_or_df: Any, *, what: str = "run") -> pa.Table:
     missing = [c for c in (S.QUERY_ID, S.DOC_ID) if c not in table.column_names]
     if missing:
         raise InputError(f"{what}: missing column(s) {missing}; got {table.column_names}.")
+    table = drop_rows_without_ids(table, what=what)
     score_name, rank_name = _first(table, _SCORE_NAMES), _first(table, _RANK_NAMES)
     if score_name is not None and table.column(score_name).null_count == 0:
         score = table.column(score_name).cast(pa.float64())

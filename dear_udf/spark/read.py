@@ -20,7 +20,7 @@ from typing import Any, Literal
 from .. import schema as S
 from ..config import InputSpec
 from ..exceptions import InputError
-from ..io import rules
+from ..io import rules, text
 
 Kind = Literal["queries", "corpus", "candidates", "qrels"]
 
@@ -57,6 +57,19 @@ def _lines(spark: Any, path: str) -> Any:
     return lines.withColumn("value", F.regexp_replace(F.col("value"), "\r\\z", ""))
 
 
+def _line_number(spark: Any, file_name: str, value: str) -> int:
+    """The 1-based number of the first line of ``file_name`` equal to ``value``."""
+    numbered = _lines(spark, file_name).rdd.zipWithIndex()
+    return numbered.filter(lambda pair: pair[0][0] == value).map(lambda pair: pair[1]).min() + 1
+
+
+def _shown(path: str, file_name: str) -> str:
+    """The file named in an error: the path given when it is the file, else the file read."""
+    if not _is_uri(path) and os.path.isfile(path):
+        return path
+    return file_name[len("file:"):] if file_name.startswith("file:/") else file_name
+
+
 def _first_bad_line(spark: Any, path: str, bad: Any, what: str) -> None:
     """Raise naming the file and 1-based line of the first line where ``bad`` holds."""
     from pyspark.sql import functions as F
@@ -66,22 +79,47 @@ def _first_bad_line(spark: Any, path: str, bad: Any, what: str) -> None:
     if not first:
         return
     file_name, value = first[0]["_file"], first[0]["value"]
-    numbered = _lines(spark, file_name).rdd.zipWithIndex()
-    line_no = numbered.filter(lambda pair: pair[0][0] == value).map(lambda pair: pair[1]).min() + 1
-    raise InputError(f"{file_name}: line {line_no}: {what}: {value[:200]!r}")
+    raise text.line_error(_shown(path, file_name), _line_number(spark, file_name, value), f"{what}: {value[:200]!r}")
 
 
-def _read_tsv(spark: Any, path: str, kind: Kind) -> Any:
+_BAD, _BAD_FILE, _BAD_LINE = "_bad_reason", "_bad_file", "_bad_line"
+
+
+def _read_text(spark: Any, path: str, kind: str, fmt: str) -> Any:
+    """TSV, TREC runs and qrels: ``io.text.parse_lines``, the local readers' parser, applied
+    to each Arrow batch of lines. A line that does not parse stops the run with the local
+    readers' message and line number."""
+    import pyarrow as pa
     from pyspark.sql import functions as F
 
-    id_col, text_col = (S.QUERY_ID, S.QUERY) if kind == "queries" else (S.DOC_ID, S.TEXT)
-    lines = _lines(spark, path)
-    _first_bad_line(spark, path, ~F.col("value").contains("\t") & (F.trim(F.col("value")) != ""), "expected 'id<TAB>text'")
-    parts = F.split(F.col("value"), "\t", 2)
-    out = lines.filter(F.trim(F.col("value")) != "").select(parts[0].alias(id_col), parts[1].alias(text_col))
-    if kind == "corpus":
-        out = out.withColumn(S.TITLE, F.lit(None).cast("string"))
-    return out
+    from ..schema import spark_schema
+
+    lines = _lines(spark, path).withColumn("_file", F.input_file_name())
+    head = lines.filter(F.trim(F.col("value")) != "").limit(1).collect()
+    layout = text.layout_for(kind, fmt, head[0]["value"] if head else None, path=path)
+    marks = [(_BAD, pa.string()), (_BAD_FILE, pa.string()), (_BAD_LINE, pa.string())]
+    out_schema = pa.schema([*layout.schema, *marks])
+
+    def parse(batches: Any) -> Any:
+        from pyspark import TaskContext
+
+        at_start = TaskContext.get().partitionId() == 0  # the file's first lines: a header may lead
+        for batch in batches:
+            values = batch.column("value").to_pylist()
+            table, bad, reason = text.parse_lines(values, layout, first=at_start)
+            at_start = False
+            nulls = [pa.nulls(table.num_rows, pa.string())] * len(marks)
+            yield pa.RecordBatch.from_arrays([*table.columns, *nulls], schema=out_schema)
+            if bad is not None:  # one marker row: the driver finds its line number
+                where = [pa.array([reason]), pa.array([batch.column("_file")[bad].as_py()]), pa.array([values[bad]])]
+                yield pa.RecordBatch.from_arrays([*(pa.nulls(1, f.type) for f in layout.schema), *where], schema=out_schema)
+
+    parsed = lines.mapInArrow(parse, spark_schema(out_schema))
+    bad = parsed.filter(F.col(_BAD).isNotNull()).select(*[name for name, _ in marks]).collect()
+    if bad:
+        number, file_name, reason = min((_line_number(spark, r[_BAD_FILE], r[_BAD_LINE]), r[_BAD_FILE], r[_BAD]) for r in bad)
+        raise text.line_error(_shown(path, file_name), number, reason)
+    return parsed.drop(*[name for name, _ in marks])
 
 
 _CORRUPT = "_corrupt_record"
@@ -111,40 +149,6 @@ def _read_jsonl(spark: Any, path: str) -> Any:
     _first_bad_line(spark, path, ~blank & (parsed.isNull() | parsed[_CORRUPT].isNotNull()), "not a JSON object")
     lines = _lines(spark, path).filter(~blank)
     return lines.select(parsed.alias("_r")).select("_r.*").drop(_CORRUPT)
-
-
-def _read_trec(spark: Any, path: str, kind: Kind) -> Any:
-    from pyspark.sql import functions as F
-
-    lines = _lines(spark, path).filter(F.trim(F.col("value")) != "")
-    fields = F.split(F.trim(F.col("value")), r"\s+")
-    if kind == "qrels":
-        bad = (F.size(fields) != 4) | fields[3].try_cast("int").isNull()
-        _first_bad_line(spark, path, (F.trim(F.col("value")) != "") & bad, "expected 'qid 0 docid relevance'")
-        return lines.select(
-            fields[0].alias(S.QUERY_ID), fields[2].alias(S.DOC_ID), fields[3].cast("int").alias(S.RELEVANCE)
-        )
-    bad = (F.size(fields) != 6) | fields[3].try_cast("int").isNull() | fields[4].try_cast("double").isNull()
-    _first_bad_line(spark, path, (F.trim(F.col("value")) != "") & bad, "expected 'qid Q0 docid rank score tag'")
-    return lines.select(
-        fields[0].alias(S.QUERY_ID),
-        fields[2].alias(S.DOC_ID),
-        fields[3].cast("int").alias(S.FIRST_STAGE_RANK),
-        fields[4].cast("double").alias(S.FIRST_STAGE_SCORE),
-    )
-
-
-def _read_qrels_text(spark: Any, path: str) -> Any:
-    """TREC qrels (``qid 0 docid rel``), or BEIR's ``query-id<TAB>corpus-id<TAB>score`` with header."""
-    from pyspark.sql import functions as F
-
-    first = _lines(spark, path).filter(F.trim(F.col("value")) != "").limit(1).collect()
-    if first and rules.is_beir_qrels_header(first[0]["value"]):
-        df = spark.read.csv(path, sep="\t", header=True)
-        return df.select(
-            F.col("`query-id`").alias(S.QUERY_ID), F.col("`corpus-id`").alias(S.DOC_ID), F.col("score").try_cast("int").alias(S.RELEVANCE)
-        )
-    return _read_trec(spark, path, "qrels")
 
 
 def _read_parquet(spark: Any, path: str) -> Any:
@@ -216,7 +220,7 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
     if fmt == "beir":
         inner = os.path.join(path, BEIR_FILES[kind])
         if kind == "qrels":
-            return _read_qrels_text(spark, inner)
+            return _read_text(spark, inner, kind, "qrels")
         return _read_jsonl(spark, inner)
     if fmt == "parquet":
         return _read_parquet(spark, path)
@@ -229,12 +233,10 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
             raise InputError(f"{path}: no such table in this Spark session ({exc}).") from exc
     if fmt == "jsonl":
         return _read_jsonl(spark, path)
-    if fmt == "tsv":
-        return _read_tsv(spark, path, kind)
-    if kind == "qrels" and fmt in ("tsv", "qrels", "trec"):
-        return _read_qrels_text(spark, path)
-    if fmt in ("trec", "qrels"):
-        return _read_trec(spark, path, "qrels" if kind == "qrels" or fmt == "qrels" else kind)
+    if fmt in text.TEXT_FORMATS:
+        if spec.columns:
+            raise InputError(f"{path}: columns {dict(spec.columns)} given, but {fmt!r} files have a fixed layout without column names.")
+        return _read_text(spark, path, kind, fmt)
     raise InputError(f"{path}: format {fmt!r} cannot be read as {kind}.")
 
 

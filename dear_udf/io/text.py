@@ -1,0 +1,117 @@
+"""One parser per text format (MS MARCO TSV, TREC runs, TREC and BEIR qrels), for both paths.
+
+The local readers (``formats.py``) hand it a file's lines; the Spark readers hand it the
+lines of each Arrow batch through ``mapInArrow`` (``spark/read.py``). So both give the
+same rows, the same errors and the same line numbers: a bad line is reported as
+``"<path>, line <n>: <reason>."``, with ``n`` counted from 1 over every line of the file.
+
+The per-line rules (field separators, integer and number fields, blank lines, ids) are
+``rules.py``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from .. import schema as S
+from ..exceptions import InputError
+from . import rules
+
+TEXT_FORMATS = ("tsv", "trec", "qrels")
+
+
+@dataclass(frozen=True)
+class TextLayout:
+    """How one kind of input is laid out in one text dialect."""
+
+    schema: pa.Schema  # the canonical columns the parser fills, in its tuple's order
+    parse: Callable[[str], tuple]  # one non-blank line -> a tuple of fields, or LineError
+    header: Callable[[str], bool] | None = None  # a header line, skipped where it appears first
+
+
+def _tsv_corpus(line: str) -> tuple:
+    doc_id, text = rules.parse_tsv_line(line)
+    return doc_id, None, text  # MS MARCO passages have no title
+
+
+_LAYOUTS = {
+    ("queries", "tsv"): TextLayout(S.QUERIES_SCHEMA, rules.parse_tsv_line),
+    ("corpus", "tsv"): TextLayout(S.CORPUS_SCHEMA, _tsv_corpus),
+    ("candidates", "trec"): TextLayout(S.CANDIDATES_SCHEMA, rules.parse_trec_run_line),
+    ("run", "trec"): TextLayout(S.TREC_RUN_SCHEMA, rules.parse_trec_run_line),
+    ("qrels", "trec"): TextLayout(S.QRELS_SCHEMA, rules.parse_trec_qrels_line),
+    ("qrels", "beir"): TextLayout(S.QRELS_SCHEMA, rules.parse_beir_qrels_line, header=rules.is_beir_qrels_header),
+}
+
+
+def layout_for(kind: str, fmt: str, first_line: str | None, *, path: str) -> TextLayout:
+    """The layout of ``kind`` in a ``fmt`` file whose first non-blank line is ``first_line``.
+
+    Qrels given as ``tsv``, ``trec`` or ``qrels`` are TREC's ``qid 0 docid rel``, or BEIR's
+    TSV when its header comes first.
+    """
+    if kind == "qrels" and fmt in TEXT_FORMATS:
+        dialect = "beir" if first_line is not None and rules.is_beir_qrels_header(first_line) else "trec"
+    else:
+        dialect = "trec" if fmt == "qrels" else fmt
+    layout = _LAYOUTS.get((kind, dialect))
+    if layout is None:
+        raise InputError(f"{path}: format {fmt!r} holds no {kind}.")
+    return layout
+
+
+def parse_lines(lines: Iterable[str | None], layout: TextLayout, *, first: bool) -> tuple[pa.RecordBatch, int | None, str | None]:
+    """Parse lines in file order; blank lines carry no record.
+
+    Args:
+        lines: decoded lines without their ending (``rules.decode_line``).
+        layout: from ``layout_for``.
+        first: these lines start the file, so a header line among the leading ones is skipped.
+
+    Returns:
+        The rows parsed, and the index within ``lines`` and the reason of the first line
+        that does not parse (None, None when all do). Rows after a bad line are not parsed.
+    """
+    rows: list[tuple] = []
+    leading = first
+    for index, line in enumerate(lines):
+        if line is None or rules.is_blank(line):
+            continue
+        if leading and layout.header is not None and layout.header(line):
+            leading = False
+            continue
+        leading = False
+        try:
+            rows.append(layout.parse(line))
+        except rules.LineError as exc:
+            return _table(rows, layout.schema), index, str(exc)
+    return _table(rows, layout.schema), None, None
+
+
+def _table(rows: list[tuple], schema: pa.Schema) -> pa.RecordBatch:
+    columns = list(zip(*rows)) if rows else [()] * len(schema)
+    return pa.RecordBatch.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, schema)], schema=schema)
+
+
+def line_error(path: str, number: int, reason: str) -> InputError:
+    """The error of a bad line, the same on both paths."""
+    return InputError(f"{path}, line {number}: {reason}.")
+
+
+def first_content_line(lines: Iterable[str]) -> str | None:
+    return next((line for line in lines if not rules.is_blank(line)), None)
+
+
+def read_text(path: str, kind: str, fmt: str) -> pa.Table:
+    """Read a local text file (``.gz`` too) of ``kind`` in ``fmt``: the local path's reader."""
+    from .formats import iter_all_lines
+
+    lines = list(iter_all_lines(path))
+    layout = layout_for(kind, fmt, first_content_line(lines), path=path)
+    batch, bad, reason = parse_lines(lines, layout, first=True)
+    if bad is not None:
+        raise line_error(path, bad + 1, reason)
+    return pa.Table.from_batches([batch])
