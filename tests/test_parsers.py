@@ -1,5 +1,6 @@
 """The local and Spark readers share one parser per text format (``io/text.py``): the same
 malformed and edge-case files give the same rows, the same errors and the same line numbers.
+JSON Lines too, though Spark parses them with its own JSON reader (for the schema).
 """
 
 from __future__ import annotations
@@ -37,16 +38,22 @@ CASES = [
     ("qrels.txt", b"q1 0 d1 1\nq1 0 d2 0\r\n\nq2 0 d9 2\n", "qrels", [("q1", "d1", 1), ("q1", "d2", 0), ("q2", "d9", 2)]),
     ("bad-qrels.txt", b"q1 0 d1 1\nq1 0 d2 maybe\n", "qrels", "line 2: relevance must be an integer, got 'maybe'."),
     ("beir.tsv", b"\nquery-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t0\n", "qrels", [("q1", "d1", 1), ("q2", "d2", 0)]),
+    (
+        "queries.jsonl",
+        b'{"query_id": "q1", "query": "caf\xc3\xa9"}\r\n\n{"query_id": 7, "query": "seven"}\n{"query": "no id"}\n',
+        "queries",
+        [("q1", "caf\u00e9"), ("7", "seven"), (None, "no id")],
+    ),
+    ("corpus.jsonl", b'{"doc_id": "a", "text": "x"}\n\n{"doc_id": "b", "text": \n', "corpus", "line 3: not a JSON object: '{\"doc_id\": \"b\", \"text\": '."),
     ("beir-bad.tsv", b"query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\n", "qrels", "line 3: expected 3 fields (query-id corpus-id score), got 2."),
 ]
 
 
+COLUMNS = {"queries": ("query_id", "query"), "corpus": ("doc_id", "text"), "candidates": ("query_id", "doc_id", "first_stage_rank", "first_stage_score"), "qrels": ("query_id", "doc_id", "relevance")}
+
+
 def _rows(table, kind):
-    columns = {"queries": 2, "corpus": 3, "candidates": 4, "qrels": 3}[kind]
-    rows = [tuple(r.values())[:columns] for r in table.to_pylist()]
-    if kind == "corpus":
-        rows = [(doc_id, text) for doc_id, _title, text in rows]
-    return sorted(rows)
+    return sorted((tuple(r[c] for c in COLUMNS[kind]) for r in table.to_pylist()), key=repr)
 
 
 @pytest.mark.parametrize("name,content,kind,expected", CASES, ids=[c[0] for c in CASES])
@@ -65,4 +72,4 @@ def test_local_and_spark_readers_agree(spark, tmp_path, name, content, kind, exp
         return
     local_rows = _rows(LOCAL[kind](spec), kind)
     spark_rows = _rows(read_input(spark, spec, kind).toArrow(), kind)
-    assert local_rows == spark_rows == sorted(expected)
+    assert local_rows == spark_rows == sorted(expected, key=repr)

@@ -219,7 +219,7 @@ def test_failure_before_the_commit_leaves_table_trec_and_summary_as_they_were(sp
     qrels = tmp_path / "qrels.txt"
     qrels.write_text("q0 0 d1 1\nq1 0 d2\n")
     config = _config(data, tiny_models["index227"], out, top_k=2, qrels=str(qrels), trec_out=str(tmp_path / "run.trec"))
-    with pytest.raises(InputError, match=r"qrels.txt: line 2: expected 'qid 0 docid relevance'"):
+    with pytest.raises(InputError, match=r"qrels\.txt, line 2: expected 4 fields \(query_id iteration doc_id relevance\), got 3\.$"):
         run_job(config, spark=spark)
     assert _delta_rows(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["delta", "qrels.txt"]  # no TREC run, summary or temp file

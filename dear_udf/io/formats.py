@@ -25,6 +25,7 @@ from .. import schema as S
 from ..config import INPUT_FORMATS, InputSpec
 from ..exceptions import InputError
 from . import rules
+from . import text
 from .text import read_text
 
 _ID_COLUMNS = (S.QUERY_ID, S.DOC_ID)
@@ -157,9 +158,9 @@ def _read_jsonl(path: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InputError(f"{path}, line {number}: not valid JSON ({exc.msg}).") from None
+            raise text.line_error(path, number, f"not a JSON object: {line[:200]!r}") from None
         if not isinstance(record, dict):
-            raise InputError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}.")
+            raise text.line_error(path, number, f"not a JSON object: {line[:200]!r}")
         for key in record.keys() - values.keys():
             values[key] = [None] * row  # a key first seen here was absent (null) before
         for key, column in values.items():
