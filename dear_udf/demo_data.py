@@ -25,7 +25,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -112,6 +112,34 @@ def make_collection(
         >>> c.qrels.num_rows
         15
     """
+    _check_sizes(n_queries, docs_per_query_relevant, n_docs, depth)
+    gen = _Generator(seed, n_queries)
+    query_texts, query_terms = gen.queries()
+    titles, texts, relevant, hard = gen.documents(query_terms, n_docs=n_docs, relevant_per_query=docs_per_query_relevant)
+    ranked = gen.first_stage(relevant, hard, n_docs=n_docs, depth=depth)
+    query_ids = [f"q{i + 1}" for i in range(n_queries)]
+    extra_queries = _add_bad_candidates(ranked, seed=seed, n_docs=n_docs) if with_bad_rows else []
+    all_query_ids = query_ids + [qid for qid, _ in extra_queries]
+    rows = [(qid, doc_id, rank, score) for qid, docs in zip(all_query_ids, ranked) for rank, (doc_id, score) in enumerate(docs, start=1)]
+    if with_bad_rows:
+        # A first stage that emitted one row twice (e.g. from two shards of an index).
+        dup = next(i for i, r in enumerate(rows) if r[0] == query_ids[min(2, n_queries - 1)])
+        rows.insert(dup + 1, rows[dup])
+    numbers = range(1, n_docs + 1)
+    return Collection(
+        queries=_table(S.QUERIES_SCHEMA, list(zip(all_query_ids, query_texts + [text for _, text in extra_queries]))),
+        corpus=_table(S.CORPUS_SCHEMA, [(f"d{d}", titles[d], texts[d]) for d in numbers]),
+        qrels=_table(S.QRELS_SCHEMA, [(query_ids[qi], f"d{d}", 1) for qi in range(n_queries) for d in relevant[qi]]),
+        candidates=_table(S.CANDIDATES_SCHEMA, rows),
+    )
+
+
+def _table(schema: pa.Schema, rows: list[tuple]) -> pa.Table:
+    columns = list(zip(*rows)) if rows else [()] * len(schema)
+    return pa.table({f.name: list(c) for f, c in zip(schema, columns)}, schema=schema)
+
+
+def _check_sizes(n_queries: int, docs_per_query_relevant: int, n_docs: int, depth: int) -> None:
     for name, value in (
         ("n_queries", n_queries),
         ("docs_per_query_relevant", docs_per_query_relevant),
@@ -131,143 +159,107 @@ def make_collection(
             f"{HARD_NEGATIVES_PER_QUERY}) + depth = {n_queries * per_query + depth}, got {n_docs}."
         )
 
-    rng = random.Random(seed)
-    english = set(_ENGLISH)
-    content = [w for w in vocabulary() if w not in english]
-    fillers = sorted(english)
-    if n_queries * TOPIC_SIZE > len(content) // 2:
-        raise ConfigError(
-            f"n_queries must be at most {len(content) // 2 // TOPIC_SIZE} (the vocabulary "
-            f"has {len(content)} topic words), got {n_queries}."
-        )
-    rng.shuffle(content)
-    topics = [content[i * TOPIC_SIZE : (i + 1) * TOPIC_SIZE] for i in range(n_queries)]
-    # Noise never holds a topic term, so a term match means what the generator meant.
-    noise = content[n_queries * TOPIC_SIZE :]
 
-    def noise_words(k: int) -> list[str]:
-        return [rng.choice(noise) if rng.random() < 0.7 else rng.choice(fillers) for _ in range(k)]
+class _Generator:
+    """The random draws of one collection, in a fixed order (one ``random.Random``)."""
 
-    def sentence(terms: list[str], length: int) -> str:
-        words = noise_words(length - len(terms)) + terms
+    def __init__(self, seed: int, n_queries: int) -> None:
+        self.rng = random.Random(seed)
+        english = set(_ENGLISH)
+        content = [w for w in vocabulary() if w not in english]
+        self.fillers = sorted(english)
+        if n_queries * TOPIC_SIZE > len(content) // 2:
+            raise ConfigError(
+                f"n_queries must be at most {len(content) // 2 // TOPIC_SIZE} (the vocabulary "
+                f"has {len(content)} topic words), got {n_queries}."
+            )
+        self.rng.shuffle(content)
+        self.topics = [content[i * TOPIC_SIZE : (i + 1) * TOPIC_SIZE] for i in range(n_queries)]
+        # Noise never holds a topic term, so a term match means what the generator meant.
+        self.noise = content[n_queries * TOPIC_SIZE :]
+
+    def sentence(self, terms: list[str], length: int) -> str:
+        rng = self.rng
+        words = [rng.choice(self.noise) if rng.random() < 0.7 else rng.choice(self.fillers) for _ in range(length - len(terms))]
+        words += terms
         rng.shuffle(words)
         return " ".join(words)
 
-    query_ids = [f"q{i + 1}" for i in range(n_queries)]
-    query_texts = []
-    query_terms: list[list[str]] = []
-    for topic in topics:
-        terms = rng.sample(topic, rng.choice((2, 3)))
-        query_terms.append(terms)
-        prefix = rng.choice(_QUESTION_PREFIXES)
-        query_texts.append(f"{prefix} {' '.join(terms)}".strip())
+    def queries(self) -> tuple[list[str], list[list[str]]]:
+        texts, terms_of = [], []
+        for topic in self.topics:
+            terms = self.rng.sample(topic, self.rng.choice((2, 3)))
+            terms_of.append(terms)
+            prefix = self.rng.choice(_QUESTION_PREFIXES)
+            texts.append(f"{prefix} {' '.join(terms)}".strip())
+        return texts, terms_of
 
-    # Which document plays which part is a random draw over the ids, so relevant
-    # documents are not clustered at the start of the corpus.
-    doc_numbers = list(range(1, n_docs + 1))
-    rng.shuffle(doc_numbers)
-    cursor = 0
-    titles: dict[int, str] = {}
-    texts: dict[int, str] = {}
-    relevant: list[list[int]] = []
-    hard: list[list[int]] = []
-    for qi, terms in enumerate(query_terms):
-        topic = topics[qi]
-        docs = doc_numbers[cursor : cursor + docs_per_query_relevant]
-        cursor += docs_per_query_relevant
-        relevant.append(docs)
-        for d in docs:
-            # Every query term at least once, and more topic words on top.
-            body = list(terms) + [rng.choice(topic) for _ in range(rng.randint(1, 3))]
-            titles[d] = sentence([rng.choice(terms)], rng.randint(2, 4))
-            texts[d] = sentence(body, rng.randint(14, 26))
-        docs = doc_numbers[cursor : cursor + HARD_NEGATIVES_PER_QUERY]
-        cursor += HARD_NEGATIVES_PER_QUERY
-        hard.append(docs)
-        for d in docs:
-            # One term of this query, repeated as often as a relevant document's terms,
-            # and terms of other topics: a lexical first stage likes these.
-            shared = rng.choice(terms)
-            others = [rng.choice(topics[rng.randrange(n_queries)]) for _ in range(rng.randint(1, 3))]
-            body = [shared] * rng.randint(1, 3) + others
-            titles[d] = sentence([shared] if rng.random() < 0.5 else [], rng.randint(2, 4))
-            texts[d] = sentence(body, rng.randint(14, 26))
-    background = doc_numbers[cursor:]
-    for d in background:
-        titles[d] = sentence([], rng.randint(2, 4)) if rng.random() < 0.8 else ""
-        texts[d] = sentence([], rng.randint(10, 30))
+    def documents(self, query_terms: list[list[str]], *, n_docs: int, relevant_per_query: int):
+        """Titles and texts by doc number, and each query's relevant and hard-negative documents."""
+        rng = self.rng
+        # Which document plays which part is a random draw over the ids, so relevant
+        # documents are not clustered at the start of the corpus.
+        numbers = list(range(1, n_docs + 1))
+        rng.shuffle(numbers)
+        titles: dict[int, str] = {}
+        texts: dict[int, str] = {}
+        relevant: list[list[int]] = []
+        hard: list[list[int]] = []
+        cursor = 0
+        for topic, terms in zip(self.topics, query_terms):
+            relevant.append(numbers[cursor : cursor + relevant_per_query])
+            cursor += relevant_per_query
+            for d in relevant[-1]:
+                # Every query term at least once, and more topic words on top.
+                body = list(terms) + [rng.choice(topic) for _ in range(rng.randint(1, 3))]
+                titles[d] = self.sentence([rng.choice(terms)], rng.randint(2, 4))
+                texts[d] = self.sentence(body, rng.randint(14, 26))
+            hard.append(numbers[cursor : cursor + HARD_NEGATIVES_PER_QUERY])
+            cursor += HARD_NEGATIVES_PER_QUERY
+            for d in hard[-1]:
+                # One term of this query, repeated as often as a relevant document's terms,
+                # and terms of other topics: a lexical first stage likes these.
+                shared = rng.choice(terms)
+                others = [rng.choice(self.topics[rng.randrange(len(self.topics))]) for _ in range(rng.randint(1, 3))]
+                body = [shared] * rng.randint(1, 3) + others
+                titles[d] = self.sentence([shared] if rng.random() < 0.5 else [], rng.randint(2, 4))
+                texts[d] = self.sentence(body, rng.randint(14, 26))
+        for d in numbers[cursor:]:
+            titles[d] = self.sentence([], rng.randint(2, 4)) if rng.random() < 0.8 else ""
+            texts[d] = self.sentence([], rng.randint(10, 30))
+        return titles, texts, relevant, hard
 
-    corpus = pa.table(
-        {
-            S.DOC_ID: [f"d{d}" for d in range(1, n_docs + 1)],
-            S.TITLE: [titles[d] for d in range(1, n_docs + 1)],
-            S.TEXT: [texts[d] for d in range(1, n_docs + 1)],
-        },
-        schema=S.CORPUS_SCHEMA,
-    )
-    qrels = pa.table(
-        {
-            S.QUERY_ID: [query_ids[qi] for qi in range(n_queries) for _ in relevant[qi]],
-            S.DOC_ID: [f"d{d}" for docs in relevant for d in docs],
-            S.RELEVANCE: [1] * (n_queries * docs_per_query_relevant),
-        },
-        schema=S.QRELS_SCHEMA,
-    )
+    def first_stage(self, relevant: list[list[int]], hard: list[list[int]], *, n_docs: int, depth: int) -> list[list[tuple[str, float]]]:
+        """A lexical signal drowned in noise. Relevant and hard-negative documents score
+        alike on average (both repeat query terms), so relevant ones land anywhere in the
+        top ranks; the rest of the depth is filled from the corpus."""
+        rng = self.rng
+        ranked = []
+        for rel, neg in zip(relevant, hard):
+            chosen = set(rel) | set(neg)
+            fill = [d for d in rng.sample(range(1, n_docs + 1), depth + len(chosen)) if d not in chosen]
+            fill = fill[: depth - len(chosen)]
+            scored = [(d, 14.0 + rng.gauss(0.0, 3.0)) for d in rel]
+            scored += [(d, 14.5 + rng.gauss(0.0, 3.0)) for d in neg]
+            scored += [(d, 9.0 + rng.gauss(0.0, 3.0)) for d in fill]
+            ranked.append(_ranked([(f"d{d}", round(s, 4)) for d, s in scored]))
+        return ranked
 
-    # The first stage: a lexical signal drowned in noise. Relevant and hard-negative
-    # documents score alike on average (both repeat query terms), so relevant ones land
-    # anywhere in the top ranks; the rest of the depth is filled from the corpus.
-    ranked: list[list[tuple[str, float]]] = []
-    for qi in range(n_queries):
-        chosen = set(relevant[qi]) | set(hard[qi])
-        fill = [d for d in rng.sample(range(1, n_docs + 1), depth + len(chosen)) if d not in chosen]
-        fill = fill[: depth - len(chosen)]
-        scored = [(d, 14.0 + rng.gauss(0.0, 3.0)) for d in relevant[qi]]
-        scored += [(d, 14.5 + rng.gauss(0.0, 3.0)) for d in hard[qi]]
-        scored += [(d, 9.0 + rng.gauss(0.0, 3.0)) for d in fill]
-        ranked.append(_ranked([(f"d{d}", round(s, 4)) for d, s in scored]))
 
-    extra_queries: list[tuple[str, str]] = []
-    if with_bad_rows:
-        # A separate stream, so the clean part of the collection is the same either way.
-        bad = random.Random(f"{seed}-bad-rows")
-        target = ranked[min(1, n_queries - 1)]
-        for k, at in enumerate((3, 8), start=1):
-            at = min(at, len(target))
-            above = target[at - 2][1] if at >= 2 else target[0][1] + 1.0
-            below = target[at - 1][1]
-            target.insert(at - 1, (f"d{n_docs + k}", round((above + below) / 2.0, 6)))
-        empty_id = f"q{n_queries + 1}"
-        extra_queries.append((empty_id, ""))
-        empty_docs = bad.sample(range(1, n_docs + 1), 5)
-        ranked.append(_ranked([(f"d{d}", round(12.0 - i, 4)) for i, d in enumerate(empty_docs)]))
-
-    all_query_ids = query_ids + [qid for qid, _ in extra_queries]
-    rows: list[tuple[str, str, int, float]] = []
-    for qid, docs in zip(all_query_ids, ranked):
-        rows.extend((qid, doc_id, rank, score) for rank, (doc_id, score) in enumerate(docs, start=1))
-    if with_bad_rows:
-        # A first stage that emitted one row twice (e.g. from two shards of an index).
-        dup = next(i for i, r in enumerate(rows) if r[0] == query_ids[min(2, n_queries - 1)])
-        rows.insert(dup + 1, rows[dup])
-
-    candidates = pa.table(
-        {
-            S.QUERY_ID: [r[0] for r in rows],
-            S.DOC_ID: [r[1] for r in rows],
-            S.FIRST_STAGE_RANK: [r[2] for r in rows],
-            S.FIRST_STAGE_SCORE: [r[3] for r in rows],
-        },
-        schema=S.CANDIDATES_SCHEMA,
-    )
-    queries = pa.table(
-        {
-            S.QUERY_ID: all_query_ids,
-            S.QUERY: query_texts + [text for _, text in extra_queries],
-        },
-        schema=S.QUERIES_SCHEMA,
-    )
-    return Collection(queries=queries, corpus=corpus, qrels=qrels, candidates=candidates)
+def _add_bad_candidates(ranked: list[list[tuple[str, float]]], *, seed: int, n_docs: int) -> list[tuple[str, str]]:
+    """Two candidates missing from the corpus, and an extra query with empty text; returns it."""
+    # A separate stream, so the clean part of the collection is the same either way.
+    bad = random.Random(f"{seed}-bad-rows")
+    n_queries = len(ranked)
+    target = ranked[min(1, n_queries - 1)]
+    for k, at in enumerate((3, 8), start=1):
+        at = min(at, len(target))
+        above = target[at - 2][1] if at >= 2 else target[0][1] + 1.0
+        below = target[at - 1][1]
+        target.insert(at - 1, (f"d{n_docs + k}", round((above + below) / 2.0, 6)))
+    empty_docs = bad.sample(range(1, n_docs + 1), 5)
+    ranked.append(_ranked([(f"d{d}", round(12.0 - i, 4)) for i, d in enumerate(empty_docs)]))
+    return [(f"q{n_queries + 1}", "")]
 
 
 def _ranked(scored: list[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -322,23 +314,26 @@ def write_collection(
             pq.write_table(table, paths[name])
         return paths
 
-    queries = collection.queries.to_pydict()
-    with open(paths["queries"], "w", encoding="utf-8", newline="\n") as out:
-        for qid, text in zip(queries[S.QUERY_ID], queries[S.QUERY]):
-            out.write(f"{qid}\t{text}\n")
-    corpus = collection.corpus.to_pydict()
-    with open(paths["corpus"], "w", encoding="utf-8", newline="\n") as out:
-        for doc_id, title, text in zip(corpus[S.DOC_ID], corpus[S.TITLE], corpus[S.TEXT]):
-            out.write(json.dumps({"_id": doc_id, "title": title, "text": text}, ensure_ascii=False) + "\n")
-    run = collection.candidates.to_pydict()
-    with open(paths["candidates"], "w", encoding="utf-8", newline="\n") as out:
-        for qid, doc_id, rank, score in zip(
-            run[S.QUERY_ID], run[S.DOC_ID], run[S.FIRST_STAGE_RANK], run[S.FIRST_STAGE_SCORE]
-        ):
-            # repr() round-trips the float exactly.
-            out.write(f"{qid} Q0 {doc_id} {rank} {score!r} {RUN_TAG}\n")
-    qrels = collection.qrels.to_pydict()
-    with open(paths["qrels"], "w", encoding="utf-8", newline="\n") as out:
-        for qid, doc_id, rel in zip(qrels[S.QUERY_ID], qrels[S.DOC_ID], qrels[S.RELEVANCE]):
-            out.write(f"{qid} 0 {doc_id} {rel}\n")
+    _write_mixed(collection, paths)
     return paths
+
+
+def _lines(path: Path, lines: Any) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as out:
+        out.writelines(line + "\n" for line in lines)
+
+
+def _write_mixed(collection: Collection, paths: dict[str, Path]) -> None:
+    """MS MARCO TSV queries, BEIR JSON Lines corpus, a TREC run and TREC qrels."""
+    rows = {name: getattr(collection, name).to_pylist() for name in ("queries", "corpus", "candidates", "qrels")}
+    _lines(paths["queries"], (f"{r[S.QUERY_ID]}\t{r[S.QUERY]}" for r in rows["queries"]))
+    _lines(
+        paths["corpus"],
+        (json.dumps({"_id": r[S.DOC_ID], "title": r[S.TITLE], "text": r[S.TEXT]}, ensure_ascii=False) for r in rows["corpus"]),
+    )
+    # repr() round-trips the float exactly.
+    _lines(
+        paths["candidates"],
+        (f"{r[S.QUERY_ID]} Q0 {r[S.DOC_ID]} {r[S.FIRST_STAGE_RANK]} {r[S.FIRST_STAGE_SCORE]!r} {RUN_TAG}" for r in rows["candidates"]),
+    )
+    _lines(paths["qrels"], (f"{r[S.QUERY_ID]} 0 {r[S.DOC_ID]} {r[S.RELEVANCE]}" for r in rows["qrels"]))

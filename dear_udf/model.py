@@ -389,7 +389,8 @@ def fingerprint_files(read: tuple[tuple[Path, tuple[Path, ...]], ...]) -> tuple[
     return digest.hexdigest(), names
 
 
-def _torch_dtype(name: str):
+def torch_dtype(name: str):
+    """The torch dtype of a ``DTYPES`` name."""
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
@@ -446,6 +447,64 @@ def inspect_model(spec: ModelSpec, layout: Any = None) -> ModelInfo:
     )
 
 
+def _load_classifier(base_dir: Path, adapter_dir: Path | None, spec: ModelSpec) -> Any:
+    """The sequence classifier, with the adapter merged in when there is one."""
+    from transformers import AutoModelForSequenceClassification
+
+    common = {"local_files_only": True, "trust_remote_code": False}
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(base_dir),
+            num_labels=1,
+            dtype=torch_dtype(spec.dtype),
+            use_safetensors=None if spec.allow_pickle else True,
+            attn_implementation=spec.attn_implementation,
+            **common,
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(
+            f"{base_dir}: could not load the model (config.json / *.safetensors): {type(exc).__name__}: {exc}"
+        ) from exc
+    if getattr(model.config, "num_labels", 1) != 1:
+        raise ModelLoadError(f"{base_dir}: expected one relevance label, config has {model.config.num_labels}.")
+
+    if adapter_dir is not None:
+        try:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False, local_files_only=True)
+            model = model.merge_and_unload()
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(
+                f"{adapter_dir}: could not apply the adapter (adapter_model.safetensors): {type(exc).__name__}: {exc}"
+            ) from exc
+
+    return model
+
+
+def loaded_from_objects(model: Any, tokenizer: Any, *, name: str, dtype: str, device: str, load_seconds: float = 0.0) -> LoadedModel:
+    """A ``LoadedModel`` around a model built in memory (random weights of a real shape,
+    for benchmarks): no files, so no fingerprint or revision."""
+    spec = ModelSpec(model=name, dtype=dtype, device=device)
+    return _loaded(model, tokenizer, spec, device=device, fingerprint="in-memory", revision=None, load_seconds=load_seconds)
+
+
+def _loaded(model: Any, tokenizer: Any, spec: ModelSpec, *, device: str, fingerprint: str, revision: str | None, load_seconds: float, files: list[str] | None = None) -> LoadedModel:
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        pad_id=int(tokenizer.pad_token_id),
+        pool_pad_id=pool_pad_id(model.config),
+        device=device,
+        dtype=spec.dtype,
+        spec=spec,
+        fingerprint=fingerprint,
+        revision=revision,
+        load_seconds=load_seconds,
+        files=files or [],
+    )
+
+
 def pool_pad_id(config: Any) -> int:
     """The id the classifier compares the padded ids with: ``config.pad_token_id``, or 0
     when the config has none, as DeAR's ``modeling.py`` sets it before training and
@@ -471,7 +530,6 @@ def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
         >>> loaded.label
     """
     import torch
-    from transformers import AutoModelForSequenceClassification
 
     from transformers.utils import logging as hf_logging
 
@@ -481,36 +539,9 @@ def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
     check_device(device)
     found = resolve_model_files(spec)
     base_dir, adapter_dir = found.base_dir, found.adapter_dir
-    common = {"local_files_only": True, "trust_remote_code": False}
     tokenizer = load_tokenizer(base_dir, adapter_dir)
 
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(base_dir),
-            num_labels=1,
-            dtype=_torch_dtype(spec.dtype),
-            use_safetensors=None if spec.allow_pickle else True,
-            attn_implementation=spec.attn_implementation,
-            **common,
-        )
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(
-            f"{base_dir}: could not load the model (config.json / *.safetensors): {type(exc).__name__}: {exc}"
-        ) from exc
-    if getattr(model.config, "num_labels", 1) != 1:
-        raise ModelLoadError(f"{base_dir}: expected one relevance label, config has {model.config.num_labels}.")
-
-    if adapter_dir is not None:
-        try:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False, local_files_only=True)
-            model = model.merge_and_unload()
-        except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(
-                f"{adapter_dir}: could not apply the adapter (adapter_model.safetensors): {type(exc).__name__}: {exc}"
-            ) from exc
-
+    model = _load_classifier(base_dir, adapter_dir, spec)
     if not hasattr(model, "score"):
         raise ModelLoadError(f"{base_dir}: {type(model).__name__} has no 'score' head; not a DeAR-style classifier.")
     model.eval().requires_grad_(False)
@@ -520,16 +551,5 @@ def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
         raise ModelLoadError(f"{base_dir}: could not move the model to {device}: {exc}") from exc
 
     fingerprint, files = fingerprint_files(found.read)
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        pad_id=int(tokenizer.pad_token_id),
-        pool_pad_id=pool_pad_id(model.config),
-        device=device,
-        dtype=spec.dtype,
-        spec=spec,
-        fingerprint=fingerprint,
-        revision=_revision_of(adapter_dir or base_dir, spec.revision),
-        load_seconds=time.perf_counter() - start,
-        files=files,
-    )
+    revision = _revision_of(adapter_dir or base_dir, spec.revision)
+    return _loaded(model, tokenizer, spec, device=device, fingerprint=fingerprint, revision=revision, load_seconds=time.perf_counter() - start, files=files)

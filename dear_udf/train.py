@@ -185,6 +185,28 @@ def train_reranker(
     Example:
         >>> train_reranker("/tmp/tiny", make_collection(), seconds=20.0, out_dir="/tmp/tiny-trained")
     """
+    _check_arguments(seconds=seconds, steps=steps, batch_size=batch_size, lr=lr, threads=threads)
+    import torch
+
+    model_dir = Path(model_dir)
+    out_dir = Path(out_dir) if out_dir is not None else model_dir
+    layout = layout or Layout()
+    examples = _Examples(collection, random.Random(seed))
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or _default_threads())
+    try:
+        torch.manual_seed(seed)
+        model, tokenizer, pad_id = _load(model_dir)
+        encoder = PairEncoder(tokenizer, layout, pool_pad_id=pool_pad_id(model.config), pad_id=pad_id)
+        _train(model, encoder, examples, pad_id=pad_id, width=layout.padded_length, lr=lr, batch_size=batch_size, seconds=seconds, steps=steps)
+        model.eval()
+        _save(model, tokenizer, out_dir)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return out_dir
+
+
+def _check_arguments(*, seconds: float, steps: int | None, batch_size: int, lr: float, threads: int | None) -> None:
     if steps is None and (not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds > 0):
         raise ConfigError(f"seconds must be a positive number, got {seconds!r}.")
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
@@ -196,82 +218,60 @@ def train_reranker(
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ConfigError(f"threads must be a positive integer or None, got {threads!r}.")
 
+
+def _load(model_dir: Path) -> tuple[Any, Any, int]:
+    """The model to train, its tokenizer, and the id DeAR pads with."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model_dir = Path(model_dir)
-    out_dir = Path(out_dir) if out_dir is not None else model_dir
-    layout = layout or Layout()
-    rng = random.Random(seed)
-    examples = _Examples(collection, rng)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(model_dir),
+        num_labels=1,
+        dtype=torch.float32,
+        use_safetensors=True,
+        attn_implementation="sdpa",
+        local_files_only=True,
+    )
+    # DeAR pads with EOS (pad_token = eos_token). The tokenizer object is left as
+    # loaded, so the saved tokenizer is the one we were given.
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ConfigError(f"{model_dir}: the tokenizer has neither a pad nor an eos token.")
+    return model, tokenizer, pad_id
 
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or _default_threads())
-    try:
-        torch.manual_seed(seed)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(model_dir),
-            num_labels=1,
-            dtype=torch.float32,
-            use_safetensors=True,
-            attn_implementation="sdpa",
-            local_files_only=True,
-        )
-        # DeAR pads with EOS (pad_token = eos_token). The tokenizer object is left as
-        # loaded, so the saved tokenizer is the one we were given.
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad_id is None:
-            raise ConfigError(f"{model_dir}: the tokenizer has neither a pad nor an eos token.")
-        encoder = PairEncoder(tokenizer, layout, pool_pad_id=pool_pad_id(model.config), pad_id=pad_id)
-        backbone = getattr(model, model.base_model_prefix)
-        width = layout.padded_length
 
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-        warmup = 20
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        loss_fn = torch.nn.BCEWithLogitsLoss()
-        model.train()
+def _train(model: Any, encoder: PairEncoder, examples: _Examples, *, pad_id: int, width: int, lr: float, batch_size: int, seconds: float, steps: int | None) -> None:
+    """BCE on sampled pairs until ``steps`` steps, or ``seconds`` of wall time, are done."""
+    import torch
 
-        start = time.perf_counter()
-        done = 0
-        recent: list[float] = []
-        while True:
-            if steps is not None:
-                if done >= steps:
-                    break
-            elif time.perf_counter() - start >= seconds:
-                break
-            queries, titles, texts, labels = examples.sample(batch_size)
-            pairs = encoder.encode(queries, titles, texts)
-            input_ids, attention = padded_batch(pairs.ids, pad_id=pad_id, width=width)
-            # Pooled by the layout's rule, not by the installed transformers' own rule.
-            hidden = backbone(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
-            pooled = hidden[torch.arange(len(pairs.pool)), torch.tensor(pairs.pool)]
-            logits = model.score(pooled)[:, 0]
-            loss = loss_fn(logits, torch.tensor(labels, dtype=torch.float32))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            done += 1
-            recent = (recent + [loss.item()])[-20:]
-            if done % 50 == 0:
-                log.info("step %d  loss %.4f  %.1fs", done, sum(recent) / len(recent), time.perf_counter() - start)
-        elapsed = time.perf_counter() - start
-        log.info(
-            "trained %d steps (%d pairs) in %.1fs, last loss %.4f",
-            done,
-            done * batch_size,
-            elapsed,
-            sum(recent) / max(1, len(recent)),
-        )
-        model.eval()
-        _save(model, tokenizer, out_dir)
-    finally:
-        torch.set_num_threads(previous_threads)
-    return out_dir
+    backbone = getattr(model, model.base_model_prefix)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = 20
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    model.train()
+    start = time.perf_counter()
+    done = 0
+    recent: list[float] = []
+    while (done < steps) if steps is not None else (time.perf_counter() - start < seconds):
+        queries, titles, texts, labels = examples.sample(batch_size)
+        pairs = encoder.encode(queries, titles, texts)
+        input_ids, attention = padded_batch(pairs.ids, pad_id=pad_id, width=width)
+        # Pooled by the layout's rule, not by the installed transformers' own rule.
+        hidden = backbone(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
+        logits = model.score(hidden[torch.arange(len(pairs.pool)), torch.tensor(pairs.pool)])[:, 0]
+        loss = loss_fn(logits, torch.tensor(labels, dtype=torch.float32))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        done += 1
+        recent = (recent + [loss.item()])[-20:]
+        if done % 50 == 0:
+            log.info("step %d  loss %.4f  %.1fs", done, sum(recent) / len(recent), time.perf_counter() - start)
+    log.info("trained %d steps (%d pairs) in %.1fs, last loss %.4f", done, done * batch_size, time.perf_counter() - start, sum(recent) / max(1, len(recent)))
 
 
 def _save(model: Any, tokenizer: Any, out_dir: Path) -> None:

@@ -34,6 +34,7 @@ import posixpath
 import random
 import time
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -149,12 +150,6 @@ def commit_run(
         OutputError: a file is missing or off-schema, the table's schema or partitioning
             differs from the output's, another run committed the same ``run_id`` at the same
             moment, or the commit failed.
-
-    Example:
-        >>> commit_run("out/reranked", "2024-05-01",
-        ...            ["run_id=2024-05-01/part-00000.parquet"], app_id="nightly", version=20240501)
-        ... # doctest: +SKIP
-        3
     """
     from deltalake import CommitProperties, Transaction
     from deltalake.exceptions import DeltaError
@@ -169,24 +164,29 @@ def commit_run(
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         seen = _partition_state(table, run_id)
         try:
-            if table is None:
-                _create(table_uri, adds, props, storage_options)
-            else:
-                check_table(table_uri, table=table)
-                table.create_write_transaction(
-                    adds,
-                    mode="overwrite",
-                    schema=S.OUTPUT_ARROW_SCHEMA,
-                    partition_by=PARTITION_BY,
-                    partition_filters=[(S.RUN_ID, "=", run_id)],
-                    commit_properties=props,
-                )
+            _replace_partition(table_uri, table, run_id, adds, props, storage_options)
             return _open(table_uri, storage_options).version()
         except DeltaError as exc:
             table = _open(table_uri, storage_options)
             _retry_or_raise(table_uri, run_id, seen, _partition_state(table, run_id), exc, attempt)
             time.sleep(random.uniform(0.02, 0.1) * attempt)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _replace_partition(table_uri: str, table: Any, run_id: str, adds: list, props: Any, storage_options: dict[str, str] | None) -> None:
+    """One attempt: create the table with ``adds``, or overwrite partition ``run_id`` with them."""
+    if table is None:
+        _create(table_uri, adds, props, storage_options)
+        return
+    check_table(table_uri, table=table)
+    table.create_write_transaction(
+        adds,
+        mode="overwrite",
+        schema=S.OUTPUT_ARROW_SCHEMA,
+        partition_by=PARTITION_BY,
+        partition_filters=[(S.RUN_ID, "=", run_id)],
+        commit_properties=props,
+    )
 
 
 def _open(table_uri: str, storage_options: dict[str, str] | None):

@@ -80,77 +80,82 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
     Args:
         settings: model and batching settings.
         counters: optional Spark accumulator built with ``CounterParam``; receives
-            ``model_loads``, ``oom_splits``, ``real_tokens`` and
+            ``model_loads``, ``tasks_without_gpu``, ``oom_splits``, ``real_tokens`` and
             ``computed_tokens`` from every task attempt.
     """
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import TaskContext
-
-        from ..exceptions import ModelLoadError
         from .. import hooks
-        from . import model_cache
 
-        device, has_gpu = model_cache.task_device(settings.spec.device)
-        if device == "cpu":
-            import torch
-
-            torch.set_num_threads(max(1, TaskContext.get().cpus()))
-        scorer, loaded_now = model_cache.get_scorer(
-            settings.cache_key + (device,),
-            settings.spec,
-            device,
-            layout=settings.layout,
-            batch_size=settings.batch_size,
-            max_tokens=settings.max_tokens,
-        )
-        fingerprint = scorer.loaded.fingerprint
-        if settings.expected_fingerprint and fingerprint != settings.expected_fingerprint:
-            raise ModelLoadError(
-                f"{settings.spec.name}: the executor loaded files with fingerprint {fingerprint[:16]}, "
-                f"the driver saw {settings.expected_fingerprint[:16]}; is the model path the same everywhere?"
-            )
+        scorer, loaded_now, has_gpu = _task_scorer(settings)
         before = scorer.stats.as_dict()
         hooks.at("scoring-start", scorer=scorer)
-
-        def chunks(kept: list[pa.RecordBatch]):
-            for batch in whole_queries(batches):
-                kept.append(batch)
-                yield (
-                    batch.column(S.QUERY).to_pylist(),
-                    batch.column(S.TITLE).to_pylist(),
-                    batch.column(S.TEXT).to_pylist(),
-                )
-
-        kept: list[pa.RecordBatch] = []
         try:
-            for pairs, scores in scorer.score_stream(chunks(kept)):
-                batch = kept.pop(0)
-                arrays = [batch.column(name) for name in CARRY] + [
-                    pa.array(scores, type=pa.float32()),
-                    pa.array(pairs.pooled_early, type=pa.bool_()),
-                    pa.array(pairs.pooled_in_query, type=pa.bool_()),
-                ]
-                out = pa.RecordBatch.from_arrays(arrays, schema=S.SCORED_PAIRS_SCHEMA)
+            for out in _scored_batches(scorer, batches):
                 yield out
                 hooks.at("batch-scored", batch=out)
             hooks.at("partition-scored")
         finally:
             hooks.at("scoring-end", scorer=scorer)
-
         if counters is not None:
             after = scorer.stats.as_dict()
             counters.add(
                 {
                     "model_loads": int(loaded_now),
                     "tasks_without_gpu": int(settings.spec.device is None and not has_gpu),
-                    "oom_splits": after["oom_splits"] - before["oom_splits"],
-                    "real_tokens": after["real_tokens"] - before["real_tokens"],
-                    "computed_tokens": after["computed_tokens"] - before["computed_tokens"],
+                    **{k: after[k] - before[k] for k in ("oom_splits", "real_tokens", "computed_tokens")},
                 }
             )
 
     return score_partition
+
+
+def _task_scorer(settings: ScoringSettings) -> tuple[Any, bool, bool]:
+    """This worker's scorer on the task's device: (scorer, loaded by this call, GPU assigned)."""
+    from pyspark import TaskContext
+
+    from ..exceptions import ModelLoadError
+    from . import model_cache
+
+    device, has_gpu = model_cache.task_device(settings.spec.device)
+    if device == "cpu":
+        import torch
+
+        torch.set_num_threads(max(1, TaskContext.get().cpus()))
+    scorer, loaded_now = model_cache.get_scorer(
+        settings.cache_key + (device,),
+        settings.spec,
+        device,
+        layout=settings.layout,
+        batch_size=settings.batch_size,
+        max_tokens=settings.max_tokens,
+    )
+    fingerprint = scorer.loaded.fingerprint
+    if settings.expected_fingerprint and fingerprint != settings.expected_fingerprint:
+        raise ModelLoadError(
+            f"{settings.spec.name}: the executor loaded files with fingerprint {fingerprint[:16]}, "
+            f"the driver saw {settings.expected_fingerprint[:16]}; is the model path the same everywhere?"
+        )
+    return scorer, loaded_now, has_gpu
+
+
+def _scored_batches(scorer: Any, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Score whole queries per call; each input batch comes back with its scores."""
+    kept: list[pa.RecordBatch] = []
+
+    def chunks():
+        for batch in whole_queries(batches):
+            kept.append(batch)
+            yield batch.column(S.QUERY).to_pylist(), batch.column(S.TITLE).to_pylist(), batch.column(S.TEXT).to_pylist()
+
+    for pairs, scores in scorer.score_stream(chunks()):
+        batch = kept.pop(0)
+        arrays = [batch.column(name) for name in CARRY] + [
+            pa.array(scores, type=pa.float32()),
+            pa.array(pairs.pooled_early, type=pa.bool_()),
+            pa.array(pairs.pooled_in_query, type=pa.bool_()),
+        ]
+        yield pa.RecordBatch.from_arrays(arrays, schema=S.SCORED_PAIRS_SCHEMA)
 
 
 def score_pairs(pairs: Any, settings: ScoringSettings, counters: Any = None) -> Any:
