@@ -36,7 +36,6 @@ import contextlib
 import io
 import os
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -44,39 +43,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.common import MIB, SHAPES, SamplingThread, cores, load_average, new_report, print_header, read_proc
+from bench.data import generate, job_tables
 
-from bench.data import generate, job_tables  # noqa: E402
-
-# build_tiny_dear arguments. "tiny" is its default shape (hidden 64, 2 layers,
-# intermediate 128): ~2000 pairs/s per core, so 320k pairs take minutes. "quick" is
-# run.py's CPU model (~170 pairs/s on 2 cores): 320k pairs would take half an hour.
-SCALING_MODELS: dict[str, dict[str, int]] = {
-    "tiny": {},
-    "quick": dict(hidden_size=256, layers=4, heads=4, kv_heads=2, intermediate_size=688),
-}
+# Shapes of common.SHAPES: "tiny" runs ~2000 pairs/s per core, so 320k pairs take
+# minutes; "quick" (~170 pairs/s on 2 cores) would take half an hour.
+SCALING_MODELS = ("tiny", "quick")
+MODES = ("scaling",)
 CHUNK_QUERIES = 100
 RATIO_TARGET = 0.8  # issue 5: Spark score stage >= 0.8x the core's pairs/s on the same cores
-MIB = 2**20
 ENV_RECORDED = ("TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYSPARK_PYTHON")
 
 
 # -- sampling the process tree -------------------------------------------------------------
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-
-
 def _machine_busy_ticks() -> int:
     """Busy CPU ticks of the whole machine since boot (all but idle and iowait)."""
-    text = _read("/proc/stat") or ""
+    text = read_proc("/proc/stat") or ""
     for line in text.splitlines():
         if line.startswith("cpu "):
             values = [int(v) for v in line.split()[1:]]
@@ -117,7 +101,7 @@ class Window:
         }
 
 
-class TreeSampler:
+class TreeSampler(SamplingThread):
     """RSS and CPU time of this process and its descendants, sampled in a daemon thread.
 
     Kinds: ``driver`` (this Python process), ``jvm`` (java: the Spark driver, and in local
@@ -127,7 +111,7 @@ class TreeSampler:
     """
 
     def __init__(self, interval: float = 0.2, series_every: float = 1.0):
-        self.interval = interval
+        super().__init__(interval)
         self.series_every = series_every
         self.root = os.getpid()
         self.tick = os.sysconf("SC_CLK_TCK")
@@ -136,28 +120,12 @@ class TreeSampler:
         self._ticks: dict[tuple, int] = {}  # last CPU ticks seen
         self._window: Window | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._last_series = 0.0
-
-    def __enter__(self) -> TreeSampler:
-        self._thread = threading.Thread(target=self._run, name="bench-rss", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
 
     def _kind(self, pid: int) -> str:
         if pid == self.root:
             return "driver"
-        argv = (_read(f"/proc/{pid}/cmdline") or "").split("\0")
+        argv = (read_proc(f"/proc/{pid}/cmdline") or "").split("\0")
         exe = os.path.basename(argv[0]) if argv else ""
         if exe.startswith("java"):
             return "jvm"
@@ -172,7 +140,7 @@ class TreeSampler:
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
-            text = _read(f"/proc/{entry.name}/stat")
+            text = read_proc(f"/proc/{entry.name}/stat")
             if not text:
                 continue
             fields = text[text.rfind(")") + 2:].split()  # comm may hold spaces and parentheses
@@ -201,7 +169,7 @@ class TreeSampler:
                     self._kinds[key] = self._kind(pid)
                 kind = self._kinds[key]
                 self._ticks[key] = int(fields[11]) + int(fields[12])  # utime + stime
-                status = _read(f"/proc/{pid}/status") or ""
+                status = read_proc(f"/proc/{pid}/status") or ""
                 value = 0
                 for line in status.splitlines():
                     if line.startswith("VmRSS:"):
@@ -235,7 +203,7 @@ class TreeSampler:
             window = Window(started=time.perf_counter(), interval=self.interval)
             window.base_ticks = dict(self._ticks)
             window.machine_busy_start = _machine_busy_ticks()
-            window.load_start = [round(x, 2) for x in os.getloadavg()]
+            window.load_start = load_average()
             self._last_series = 0.0
             self._window = window
         try:
@@ -253,7 +221,7 @@ class TreeSampler:
                         window.cpu_seconds[kind] = window.cpu_seconds.get(kind, 0.0) + used / self.tick
                         mine += used
                 window.other_cpu_seconds = max(0.0, (_machine_busy_ticks() - window.machine_busy_start - mine) / self.tick)
-                window.load_end = [round(x, 2) for x in os.getloadavg()]
+                window.load_end = load_average()
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -323,16 +291,6 @@ def linear_fit(xs: list[float], ys: list[float]) -> dict[str, float | None]:
     }
 
 
-def _cores(master: str) -> int:
-    inside = master[master.find("[") + 1 : master.find("]")] if "[" in master else ""
-    if inside == "*":
-        return os.cpu_count() or 1
-    try:
-        return int(inside.split(",")[0])
-    except ValueError:
-        return os.cpu_count() or 1
-
-
 # -- the runs ------------------------------------------------------------------------------
 
 
@@ -355,7 +313,7 @@ def spark_runs(
     inspect_model(ModelSpec(**model))  # what run_job does first on the driver
     inspect_seconds = time.perf_counter() - start
 
-    cores = _cores(args.spark_master)
+    cores = cores(args.spark_master)
     with sampler.window() as w:
         start = time.perf_counter()
         spark = get_session(
@@ -517,7 +475,7 @@ def run_scaling(args: argparse.Namespace) -> dict[str, Any]:
     threads = [int(t) for t in args.core_threads.split(",")] if args.core_threads else []
     with tempfile.TemporaryDirectory(prefix="dear-scaling-") as tmp, TreeSampler(args.sample_interval) as sampler:
         workdir = Path(tmp)
-        shape = SCALING_MODELS[args.scaling_model]
+        shape = SHAPES[args.scaling_model]
         model_path = build_tiny_dear(workdir / "model", pooling="index227", seed=0, **shape)
         tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         inputs: dict[str, dict[str, str]] = {}
@@ -608,8 +566,7 @@ def print_scaling(report: dict[str, Any]) -> None:
         f"{'run':>8} {'pairs':>7} {'wall s':>7} {'read':>5} {'join':>5} {'score':>6} {'topk':>5} {'write':>5} "
         f"{'score p/s':>9} {'e2e p/s':>8} {'+start':>7} {'wkr MiB':>8} {'wkrs MiB':>8} {'drv MiB':>8} {'JVM MiB':>8} {'loads':>5} {'others CPU-s':>12} {'load':>15}"
     )
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for label, r in spark["runs"].items():
         st, peak = r["stage_seconds"], r["sampled"]["peak_rss_mib"]
         load = r["sampled"]["load_average_start"]
@@ -654,3 +611,36 @@ def print_scaling(report: dict[str, Any]) -> None:
         print(f"Spark score stage / ({spark['cores']} x core on 1 thread): {a['ratio_score_stage_vs_cores_x_core_1_thread']:.2f}")
     if core.get("max_abs_topk_vs_core") is not None:
         print(f"max |Spark top-k score - core| over {core['topk_rows_compared']} rows: {core['max_abs_topk_vs_core']:.3g}")
+
+
+# -- the scenario ---------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scaling mode (bench/scaling.py)")
+    group.add_argument("--sizes", default="20000,80000,320000", help="pairs per job run, ascending (default: %(default)s)")
+    group.add_argument("--scaling-model", choices=SCALING_MODELS, default="tiny", help="build_tiny_dear shape (default: %(default)s)")
+    group.add_argument("--output-format", choices=["delta", "parquet"], default="delta", help="job output (default: %(default)s)")
+    group.add_argument("--arrow-batch-size", type=int, default=10000, help="rows per Arrow batch, and per core chunk (default: %(default)s)")
+    group.add_argument("--partitions", type=int, default=None, help="scoring partitions (default: Spark's default parallelism)")
+    group.add_argument("--batch-size", type=int, default=128, help="pairs per micro-batch, job and core (default: %(default)s)")
+    group.add_argument("--startup-pairs", type=int, default=1000, help="pairs of the first run, which pays worker start and model loads")
+    group.add_argument("--core-threads", default=None, help="torch threads of the in-process core runs (default: <cores>,1); '' skips them")
+    group.add_argument("--sample-interval", type=float, default=0.2, help="seconds between RSS samples (default: %(default)s)")
+
+
+def finish_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    args.device = args.device or "cpu"
+    if args.device != "cpu":
+        parser.error("--mode scaling measures the CPU job; --device must be cpu.")
+    if args.core_threads is None:
+        args.core_threads = f"{cores(args.spark_master)},1"
+    args.name = args.name or "scaling-cpu"
+
+
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    report = new_report(args, command, "cpu")
+    report["scaling"] = run_scaling(args)
+    report["machine"]["load_average_end"] = load_average()
+    print_scaling(report)
+    return report
