@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from dear_udf.layout import Layout, PairEncoder
+    from dear_udf.tokenization import Layout, PairEncoder
     from dear_udf.testing import build_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:

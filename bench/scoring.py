@@ -475,7 +475,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Build each model, time the contestants on the same pairs, check fidelity; the report."""
     import torch
 
-    from dear_udf.layout import Layout, PairEncoder
+    from dear_udf.tokenization import Layout, PairEncoder
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .exceptions import ConfigError
-from .layout import Layout
+from .tokenization import Layout
 from .model import ModelSpec
 from .schema import check_run_id
 from .settings import add_flags, flag, flag_values

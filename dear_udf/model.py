@@ -432,7 +432,7 @@ def inspect_model(spec: ModelSpec, layout: Any = None) -> ModelInfo:
     Everything an executor could refuse about the model files is refused here first
     (``resolve_model_files``), so a bad model stops the run before Spark scores anything.
     """
-    from .layout import Layout, PairEncoder
+    from .tokenization import Layout, PairEncoder
 
     found = resolve_model_files(spec)
     tokenizer = load_tokenizer(found.base_dir, found.adapter_dir)

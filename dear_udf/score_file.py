@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from . import schema as S
-from .layout import Layout
+from .tokenization import Layout
 from .model import ModelSpec
 from .settings import add_flags, flag_values
 from .exceptions import InputError

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .exceptions import ConfigError
-from .layout import Encoded, Layout, PairEncoder
+from .tokenization import Encoded, Layout, PairEncoder
 
 log = logging.getLogger(__name__)
 

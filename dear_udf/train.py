@@ -30,7 +30,7 @@ from typing import Any
 
 from . import schema as S
 from .exceptions import ConfigError
-from .layout import Layout, PairEncoder
+from .tokenization import Layout, PairEncoder
 from .model import pool_pad_id
 
 log = logging.getLogger(__name__)

@@ -272,7 +272,7 @@ def test_scores_equal_the_core_for_every_awkward_row(bad_run, core):
 
 def test_special_token_strings_are_plain_text(bad_run, core, tiny_models):
     """``<|end_of_text|>`` in a document is tokenized as text, not as the EOS id."""
-    from dear_udf.layout import Layout
+    from dear_udf.tokenization import Layout
     from dear_udf.scorer import Scorer
 
     _, rows, _ = bad_run
@@ -401,7 +401,7 @@ def test_invalid_utf8_in_jsonl_keeps_the_record(spark, tmp_path):
 
 
 def test_executor_refuses_model_files_the_driver_did_not_fingerprint(spark, tiny_models):
-    from dear_udf.layout import Layout
+    from dear_udf.tokenization import Layout
     from dear_udf.model import ModelSpec
     from dear_udf.spark.udf import ScoringSettings, score_pairs
 
@@ -445,7 +445,7 @@ def test_bad_models_are_refused_before_any_executor_loads_one(spark, tiny_models
 def test_a_worker_refusal_reaches_the_driver_in_one_line(spark, tiny_models):
     """Where only the executors can tell (a cluster whose driver has no GPU), their refusal
     is re-raised on the driver as the worker's own error, not as a Java traceback."""
-    from dear_udf.layout import Layout
+    from dear_udf.tokenization import Layout
     from dear_udf.model import ModelSpec
     from dear_udf.spark.udf import ScoringSettings, score_pairs, worker_errors
 

@@ -394,7 +394,7 @@ def test_core_imports_without_pyspark_and_without_torch():
                 return None
 
         sys.meta_path.insert(0, Block())
-        import dear_udf, dear_udf.layout, dear_udf.model, dear_udf.scorer, dear_udf.config
+        import dear_udf, dear_udf.tokenization, dear_udf.model, dear_udf.scorer, dear_udf.config
         heavy = sorted(m for m in ("torch", "transformers", "peft", "pyspark") if m in sys.modules)
         assert not heavy, f"imported at import time: {heavy}"
         print("ok")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from dear_udf.exceptions import ConfigError
-from dear_udf.layout import POOLING_RULES, SPECIAL_TOKEN_MODES, Layout
+from dear_udf.tokenization import POOLING_RULES, SPECIAL_TOKEN_MODES, Layout
 from dear_udf.model import ModelSpec, load_model
 from dear_udf.reference import DearReference
 from dear_udf.scorer import Scorer, plan_batches

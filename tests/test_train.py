@@ -88,7 +88,7 @@ def test_training_input_is_what_the_scorer_reproduces(collection, trained_model)
     """The padded-to-228 forward pass that training uses gives the scorer's scores."""
     import torch
 
-    from dear_udf.layout import Layout
+    from dear_udf.tokenization import Layout
     from dear_udf.model import ModelSpec, load_model
     from dear_udf.scorer import Scorer
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema as S
-from ..layout import Layout
+from ..tokenization import Layout
 from ..model import ModelSpec
 
 # Columns the scoring stage passes through untouched, beside the new score.

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..layout import Layout, PairEncoder, doc_text, query_text
+from ..tokenization import Layout, PairEncoder, doc_text, query_text
 
 
 def _padded(encoder: PairEncoder, ids: Sequence[Sequence[int]], length: int):

@@ -12,7 +12,7 @@ import string
 import pytest
 
 from dear_udf.exceptions import ConfigError
-from dear_udf.layout import Layout, PairEncoder, doc_text, query_text
+from dear_udf.tokenization import Layout, PairEncoder, doc_text, query_text
 from dear_udf.testing import BOS, EOS, vocabulary
 
 LAYOUT = Layout()
