@@ -108,12 +108,12 @@ def check_cache(uri: str, *, storage_options: dict[str, str] | None = None):
         raise CacheError(f"{uri}: cannot open the score cache ({' '.join(str(exc).split()[:40])}).") from exc
     if table is None:
         return None
-    partitions = list(table.metadata().partition_columns)
-    if partitions != PARTITION_BY:
-        raise CacheError(f"{uri}: not a score cache: the Delta table is partitioned by {partitions}, expected {PARTITION_BY}.")
     diff = S.schema_difference(pa.schema(table.schema().to_arrow()), CACHE_ARROW_SCHEMA)
     if diff:
         raise CacheError(f"{uri}: not a score cache: the Delta table's schema differs from the cache's: {diff}.")
+    partitions = list(table.metadata().partition_columns)
+    if partitions != PARTITION_BY:
+        raise CacheError(f"{uri}: not a score cache: the Delta table is partitioned by {partitions}, expected {PARTITION_BY}.")
     return table
 
 
