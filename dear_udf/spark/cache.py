@@ -242,8 +242,8 @@ def split_hits(pairs: Any, cached: Any) -> Lookup:
     clash = [c for c in ENTRY_COLUMNS if c in pairs.columns]
     if clash:
         raise CacheError(f"pairs already hold {clash}; a lookup adds them from the cache.")
-    hits = pairs.join(cached, PAIR_KEY, "inner")
-    misses = pairs.join(cached.select(PAIR_KEY), PAIR_KEY, "left_anti")
+    hits = pairs.join(cached, PAIR_KEY, "inner").select(*pairs.columns, *ENTRY_COLUMNS)
+    misses = pairs.join(cached.select(PAIR_KEY), PAIR_KEY, "left_anti").select(*pairs.columns)
     return Lookup(hits, misses, cached)
 
 
