@@ -20,6 +20,7 @@ COMMANDS = {
     "demo": ("dear_udf.demo", "run the whole job locally on a tiny offline model and synthetic data"),
     "eval": ("dear_udf.evaluate", "evaluate a run against qrels with ir-measures"),
     "report": ("dear_udf.report", "plot first-stage vs reranked nDCG@10 and the score distribution"),
+    "cache": ("dear_udf.cache.cli", "score cache upkeep: stats, vacuum"),
 }
 
 

@@ -1,0 +1,50 @@
+"""``dear-rerank cache stats PATH`` and ``dear-rerank cache vacuum PATH``: score cache upkeep.
+
+Example:
+    dear-rerank cache stats /tables/score-cache --json
+    dear-rerank cache vacuum /tables/score-cache --keep-scorer-key 5f0c... --older-than-days 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    stats = sub.add_parser("stats", help="entries, size and age per scorer key", description="Entries, size and age per scorer key.")
+    stats.add_argument("path", help="the score cache (a Delta table)")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    vacuum = sub.add_parser(
+        "vacuum",
+        help="drop entries of other scorer keys or older than N days, then Delta VACUUM",
+        description="Delete entries of other scorer keys and/or older than N days (one Delta commit), then "
+        "remove files no longer in the table once older than the retention (Delta VACUUM).",
+    )
+    vacuum.add_argument("path", help="the score cache (a Delta table)")
+    vacuum.add_argument("--keep-scorer-key", action="append", dest="keep", metavar="KEY",
+                        help="keep this scorer key's entries and delete every other key's (repeatable)")
+    vacuum.add_argument("--older-than-days", type=float, metavar="N", help="delete entries scored more than N days ago")
+    vacuum.add_argument("--retention-hours", type=int, metavar="H",
+                        help="remove unreferenced files older than H hours (default: the table's, 168); "
+                        "0 frees space at once but can break a run reading the cache meanwhile")
+    vacuum.add_argument("--json", action="store_true", help="print JSON instead of a line")
+
+
+def main(args: argparse.Namespace) -> int:
+    from .upkeep import cache_stats, cache_vacuum, format_stats
+
+    if args.cache_command == "stats":
+        stats = cache_stats(args.path)
+        print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+        return 0
+    result = cache_vacuum(args.path, keep_scorer_keys=args.keep, older_than_days=args.older_than_days,
+                          retention_hours=args.retention_hours)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        freed = (result["folder_bytes_before"] or 0) - (result["folder_bytes_after"] or 0)
+        print(f"{result['path']}: deleted {result['entries_deleted']:,} of {result['entries_before']:,} entries, "
+              f"removed {result['files_vacuumed']} file(s) ({freed:,} bytes); {result['entries_after']:,} entries left.")
+    return 0

@@ -1,0 +1,165 @@
+"""Keys of the score cache: what determines a score, hashed.
+
+A cached score is reused only when the scorer would read the same texts with the same
+model, dtype and layout. Two keys say so:
+
+- the **scorer key** (``scorer_key``): SHA-256 over the model's file fingerprint (which
+  covers the adapter's files too, ``model.inspect_model``), the dtype, every field of the
+  ``Layout`` dataclass (read generically, so a field added later is keyed without anyone
+  remembering to), and ``FORMAT_VERSION``;
+- the **pair key** (``pair_key``): SHA-256 over the query hash and the document hash, each
+  computed once per query and once per document (``query_hash``, ``doc_hash``) from the
+  texts *after* the character cap the job applies before scoring
+  (``spark.stages.pairs_to_score``). Beyond the cap the scorer reads nothing, so texts
+  differing only there share a key; any change the scorer could read changes it.
+
+Each text is serialized without ambiguity before hashing: ``N`` for null, else ``S`` +
+its UTF-8 byte length + ``:`` + its UTF-8 bytes, so null and ``""`` differ, and no
+(title, text) split can collide with another. The scorer reads a null title as ``""``, so
+keeping them apart may cost a miss, never a stale hit.
+
+The same hashes exist as Spark SQL expressions (``dear_udf.spark.cache``); this module is
+their plain-Python twin, which tests use as an independent check. Keys are lowercase hex:
+query and document hashes 64 characters, scorer and pair keys the first 32 (128 bits:
+collisions among 10^10 entries have odds below 10^-18).
+
+Chunks (``chunk_of``): a pair's chunk is its pair key's first 15 hex digits modulo the
+number of chunks, a pure function of the key. The job recomputes the number of chunks
+from its own misses (``chunk_count``), so a resumed run splits what is left into full
+chunks; pairs whose chunk was committed before the crash are hits on the rerun and never
+reach a chunk. The set of pairs a rerun scores is therefore exactly the set no earlier
+chunk committed, whatever the chunk numbering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from typing import Any
+
+from ..exceptions import ConfigError
+from ..layout import Layout
+
+# Bump when the meaning of a key or of a cached score changes (hashing, serialization,
+# what a score is): every entry of an older format then misses.
+FORMAT_VERSION = 1
+KEY_HEX_CHARS = 32
+CHUNK_HEX_DIGITS = 15  # 60 bits: a positive Spark long after conv(..., 16, 10)
+
+# Domain tags keep a query hash from ever equalling a document hash of the same bytes.
+QUERY_TAG = "dear-rerank/query/v1\n"
+DOC_TAG = "dear-rerank/doc/v1\n"
+PAIR_TAG = "dear-rerank/pair/v1\n"
+
+
+def _plain(value: Any, name: str) -> Any:
+    """A layout value as JSON, refusing types whose text form could change between runs."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_plain(v, name) for v in value]
+    raise ConfigError(
+        f"layout field {name} holds a {type(value).__name__}; the cache's scorer key takes only "
+        "str, int, float, bool, None and tuples of them."
+    )
+
+
+def scorer_fields(*, fingerprint: str, dtype: str, layout: Layout) -> dict[str, Any]:
+    """What the scorer key hashes, as a JSON-ready mapping (for logs and the run summary)."""
+    from ..model import DTYPES
+
+    if not isinstance(fingerprint, str) or not fingerprint:
+        raise ConfigError(f"fingerprint must be a non-empty string, got {fingerprint!r}.")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
+    if not isinstance(layout, Layout):
+        raise ConfigError(f"layout must be a Layout, got {type(layout).__name__}.")
+    return {
+        "format": FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "dtype": dtype,
+        "layout": {f.name: _plain(getattr(layout, f.name), f.name) for f in dataclasses.fields(layout)},
+    }
+
+
+def scorer_key(*, fingerprint: str, dtype: str, layout: Layout) -> str:
+    """The scorer key: 32 hex characters naming (model files, dtype, layout, format).
+
+    Example:
+        >>> scorer_key(fingerprint="ab" * 32, dtype="float32", layout=Layout())  # doctest: +SKIP
+        '5f0c...'
+    """
+    payload = json.dumps(scorer_fields(fingerprint=fingerprint, dtype=dtype, layout=layout), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:KEY_HEX_CHARS]
+
+
+def scorer_key_of(info: Any, layout: Layout) -> str:
+    """The scorer key of a ``model.ModelInfo`` (from ``inspect_model``) under ``layout``."""
+    return scorer_key(fingerprint=info.fingerprint, dtype=info.spec.dtype, layout=layout)
+
+
+def _capped(value: Any, char_cap: int | None) -> str | None:
+    if value is None or (isinstance(value, float) and value != value):  # pandas' null
+        return None
+    text = str(value)
+    return text[:char_cap] if char_cap else text
+
+
+def _field(value: str | None) -> str:
+    if value is None:
+        return "N"
+    return f"S{len(value.encode('utf-8'))}:{value}"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_cap(char_cap: int | None) -> None:
+    if char_cap is not None and (not isinstance(char_cap, int) or isinstance(char_cap, bool) or char_cap < 1):
+        raise ConfigError(f"char_cap must be a positive integer or None, got {char_cap!r}.")
+
+
+def query_hash(query: Any, *, char_cap: int | None) -> str:
+    """64 hex characters: the query text the scorer reads (cut at ``char_cap`` characters)."""
+    _check_cap(char_cap)
+    return _sha256(QUERY_TAG + _field(_capped(query, char_cap)))
+
+
+def doc_hash(title: Any, text: Any, *, char_cap: int | None) -> str:
+    """64 hex characters: the title and text the scorer reads (each cut at ``char_cap``)."""
+    _check_cap(char_cap)
+    return _sha256(DOC_TAG + _field(_capped(title, char_cap)) + _field(_capped(text, char_cap)))
+
+
+def combine(query_hash_hex: str, doc_hash_hex: str) -> str:
+    """The pair key of a query hash and a document hash (32 hex characters)."""
+    return _sha256(PAIR_TAG + query_hash_hex + doc_hash_hex)[:KEY_HEX_CHARS]
+
+
+def pair_key(query: Any, title: Any, text: Any, *, char_cap: int | None) -> str:
+    """The pair key of one (query, title, text), as the Spark expressions compute it.
+
+    Example:
+        >>> pair_key("what is a llama", None, "A camelid.", char_cap=4096)  # doctest: +SKIP
+        '9b1e...'
+    """
+    return combine(query_hash(query, char_cap=char_cap), doc_hash(title, text, char_cap=char_cap))
+
+
+def chunk_count(pairs: int, chunk_pairs: int) -> int:
+    """Chunks for ``pairs`` pairs of about ``chunk_pairs`` each (at least one)."""
+    if not isinstance(chunk_pairs, int) or isinstance(chunk_pairs, bool) or chunk_pairs < 1:
+        raise ConfigError(f"chunk_pairs must be a positive integer, got {chunk_pairs!r}.")
+    if not isinstance(pairs, int) or pairs < 0:
+        raise ConfigError(f"pairs must be a non-negative integer, got {pairs!r}.")
+    return max(1, math.ceil(pairs / chunk_pairs))
+
+
+def chunk_of(pair_key_hex: str, chunks: int) -> int:
+    """The chunk (0..chunks-1) of a pair: its key's first 15 hex digits modulo ``chunks``."""
+    if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1:
+        raise ConfigError(f"chunks must be a positive integer, got {chunks!r}.")
+    return int(pair_key_hex[:CHUNK_HEX_DIGITS], 16) % chunks

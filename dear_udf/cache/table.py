@@ -1,0 +1,256 @@
+"""The score cache's Delta table, through ``deltalake`` (no JVM).
+
+One row per scored pair: ``CACHE_ARROW_SCHEMA``, partitioned by ``scorer_key`` so that a
+run reads only its own scorer's files and ``cache vacuum`` drops a whole model's entries
+by partition. Rows are only ever appended (or deleted by ``cache vacuum``), never
+updated: a chunk's scores are one append commit.
+
+Concurrency: appends are blind (they read nothing), so two runs appending at the same
+moment do not conflict in Delta's sense; delta-rs retries a lost commit race itself, and
+``append_entries`` retries again from a fresh snapshot on ``CommitFailedError`` (also
+when two runs create the table at once: one wins version 0, the other appends after it).
+Both runs' rows land. The same pair scored by two runs gives two rows; readers pick one
+deterministically (``pick_one``: earliest ``scored_at``, then lowest score, then flags),
+so a score, once committed, is the one every later reader sees.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from .. import schema as S
+from ..exceptions import DearRerankError
+
+SCORER_KEY = "scorer_key"
+PAIR_KEY = "pair_key"
+SCORED_AT = "scored_at"
+
+CACHE_ARROW_SCHEMA = pa.schema(
+    [
+        (SCORER_KEY, pa.string()),
+        (PAIR_KEY, pa.string()),
+        (S.SCORE, pa.float32()),
+        # What the run summary counts per pair (layout.Encoded), so a night served from
+        # the cache reports the same pooling warnings as the night that scored it.
+        (S.POOLED_EARLY, pa.bool_()),
+        (S.POOLED_IN_QUERY, pa.bool_()),
+        # For people who inspect the cache; lookups read none of these.
+        (S.QUERY_ID, pa.string()),
+        (S.DOC_ID, pa.string()),
+        (S.RUN_ID, pa.string()),
+        (SCORED_AT, pa.timestamp("us", tz="UTC")),
+    ]
+)
+PARTITION_BY = [SCORER_KEY]
+# What a lookup returns per pair key, in the order ``pick_one`` breaks ties.
+ENTRY_COLUMNS = (S.SCORE, S.POOLED_EARLY, S.POOLED_IN_QUERY)
+APPEND_ATTEMPTS = 10
+
+
+class CacheError(DearRerankError):
+    """The score cache's path holds something else, or it could not be read or written."""
+
+
+def _local_path(uri: str) -> str | None:
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    return None if "://" in uri else uri
+
+
+def _refuse_foreign_folder(uri: str) -> None:
+    """A local path that cannot be a cache: a file, or a folder of other things."""
+    local = _local_path(uri)
+    if local is None or not os.path.exists(local):
+        return
+    if not os.path.isdir(local):
+        raise CacheError(f"{uri}: the score cache path is a file, not a Delta table folder.")
+    entries = sorted(os.listdir(local))
+    if entries and "_delta_log" not in entries:
+        shown = ", ".join(repr(e) for e in entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise CacheError(
+            f"{uri}: the score cache path is a folder that is not a Delta table (no _delta_log; it holds "
+            f"{shown}). Give a new or empty folder, or an existing score cache."
+        )
+
+
+def _open(uri: str, storage_options: dict[str, str] | None):
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return DeltaTable(uri, storage_options=storage_options)
+    except TableNotFoundError:
+        return None
+
+
+def check_cache(uri: str, *, storage_options: dict[str, str] | None = None):
+    """The cache's ``DeltaTable``, or None where there is none yet; refuses anything else.
+
+    Raises:
+        CacheError: the path is a file, a folder holding something other than a Delta
+            table, or a Delta table of another schema or partitioning. The message names
+            the path and what differs.
+
+    Example:
+        >>> check_cache("/tables/score-cache")  # doctest: +SKIP
+        DeltaTable(...)
+    """
+    _refuse_foreign_folder(uri)
+    try:
+        table = _open(uri, storage_options)
+    except Exception as exc:  # deltalake raises its own error types per store
+        raise CacheError(f"{uri}: cannot open the score cache ({' '.join(str(exc).split()[:40])}).") from exc
+    if table is None:
+        return None
+    diff = S.schema_difference(pa.schema(table.schema().to_arrow()), CACHE_ARROW_SCHEMA)
+    if diff:
+        raise CacheError(f"{uri}: not a score cache: the Delta table's schema differs from the cache's: {diff}.")
+    partitions = list(table.metadata().partition_columns)
+    if partitions != PARTITION_BY:
+        raise CacheError(f"{uri}: not a score cache: the Delta table is partitioned by {partitions}, expected {PARTITION_BY}.")
+    return table
+
+
+def open_cache(uri: str, *, storage_options: dict[str, str] | None = None):
+    """The cache's ``DeltaTable``, created empty when absent (after ``check_cache``'s checks).
+
+    Two processes creating it at once both end up with the one table.
+
+    Example:
+        >>> open_cache("/tables/score-cache").version()  # doctest: +SKIP
+        0
+    """
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError
+
+    table = check_cache(uri, storage_options=storage_options)
+    if table is not None:
+        return table
+    try:
+        DeltaTable.create(uri, CACHE_ARROW_SCHEMA, mode="error", partition_by=PARTITION_BY, storage_options=storage_options)
+    except DeltaError:  # another process created it first: use theirs, after the checks
+        pass
+    table = check_cache(uri, storage_options=storage_options)
+    if table is None:
+        raise CacheError(f"{uri}: could not create the score cache table.")
+    return table
+
+
+def entries_table(
+    scores: pa.Table,
+    *,
+    scorer_key: str,
+    run_id: str,
+    scored_at: dt.datetime | None = None,
+) -> pa.Table:
+    """Cache rows from scores: ``pair_key, score`` and optionally ``pooled_early``,
+    ``pooled_in_query``, ``query_id``, ``doc_id``. Rows whose score is NaN or infinite are
+    left out: a cache never serves a score the run would refuse."""
+    import pyarrow.compute as pc
+
+    S.check_run_id(run_id)
+    missing = [c for c in (PAIR_KEY, S.SCORE) if c not in scores.column_names]
+    if missing:
+        raise CacheError(f"scores to cache lack the column(s) {missing}; they have {scores.column_names}.")
+    when = scored_at or dt.datetime.now(dt.timezone.utc)
+    if when.tzinfo is None:
+        raise CacheError(f"scored_at must be timezone-aware, got {when!r}.")
+    n = scores.num_rows
+    columns = []
+    for field in CACHE_ARROW_SCHEMA:
+        if field.name == SCORER_KEY:
+            columns.append(pa.array([scorer_key] * n, pa.string()))
+        elif field.name == S.RUN_ID:
+            columns.append(pa.array([run_id] * n, pa.string()))
+        elif field.name == SCORED_AT:
+            columns.append(pa.array([when] * n, field.type))
+        elif field.name in scores.column_names:
+            columns.append(scores.column(field.name).cast(field.type))
+        else:
+            columns.append(pa.nulls(n, field.type))
+    table = pa.Table.from_arrays(columns, schema=CACHE_ARROW_SCHEMA)
+    finite = pc.and_(pc.is_finite(table.column(S.SCORE)), pc.is_valid(table.column(PAIR_KEY)))
+    return table.filter(pc.fill_null(finite, False))
+
+
+def append_entries(uri: str, entries: pa.Table, *, storage_options: dict[str, str] | None = None) -> int | None:
+    """Append cache rows (``CACHE_ARROW_SCHEMA``) as ONE Delta commit; returns the table version.
+
+    Nothing is committed for no rows (returns None). Retries from a fresh snapshot when a
+    concurrent writer won the commit race, so concurrent appends all land.
+
+    Raises:
+        CacheError: the path is not a score cache (``check_cache``), the rows are off-schema,
+            or the commit still failed after ``APPEND_ATTEMPTS`` attempts.
+    """
+    from deltalake import write_deltalake
+    from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError
+
+    diff = S.schema_difference(entries.schema, CACHE_ARROW_SCHEMA)
+    if diff:
+        raise CacheError(f"{uri}: rows to append are not cache rows: {diff}.")
+    if entries.num_rows == 0:
+        return None
+    entries = entries.cast(CACHE_ARROW_SCHEMA)
+    open_cache(uri, storage_options=storage_options)
+    for attempt in range(1, APPEND_ATTEMPTS + 1):
+        try:
+            write_deltalake(uri, entries, mode="append", partition_by=PARTITION_BY, storage_options=storage_options)
+            table = _open(uri, storage_options)
+            return None if table is None else table.version()
+        except SchemaMismatchError as exc:
+            raise CacheError(f"{uri}: the score cache refused the rows' schema ({exc}).") from exc
+        except (CommitFailedError, DeltaError) as exc:
+            if attempt == APPEND_ATTEMPTS:
+                raise CacheError(f"{uri}: appending to the score cache failed after {attempt} attempts ({' '.join(str(exc).split()[:40])}).") from exc
+            time.sleep(random.uniform(0.05, 0.2) * attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def read_entries(
+    uri: str,
+    scorer_key: str,
+    *,
+    columns: list[str] | None = None,
+    storage_options: dict[str, str] | None = None,
+) -> pa.Table:
+    """Every row of one scorer key (duplicates included), reading only its partition.
+
+    An absent cache reads as no rows.
+    """
+    table = check_cache(uri, storage_options=storage_options)
+    wanted = columns or CACHE_ARROW_SCHEMA.names
+    if table is None:
+        return CACHE_ARROW_SCHEMA.empty_table().select(wanted)
+    return table.to_pyarrow_table(partitions=[(SCORER_KEY, "=", scorer_key)], columns=wanted)
+
+
+def pick_one(entries: pa.Table) -> pa.Table:
+    """One row per pair key: the earliest ``scored_at``, then the lowest score, then the
+    flags (null, false, true). Deterministic whatever the file order; the Spark reader
+    (``dear_udf.spark.cache.read_cache``) applies the same rule.
+
+    Returns ``pair_key`` and ``ENTRY_COLUMNS``.
+    """
+    import pyarrow.compute as pc
+
+    if entries.num_rows == 0:
+        return entries.select([PAIR_KEY, *ENTRY_COLUMNS])
+    # Spark orders null before false before true; rank the flags so Arrow sorts alike.
+    ranked = entries
+    for name in ENTRY_COLUMNS[1:]:
+        flag = entries.column(name)
+        rank = pc.if_else(pc.is_null(flag), 0, pc.if_else(pc.fill_null(flag, False), 2, 1))
+        ranked = ranked.append_column(f"_{name}_rank", rank)
+    order = [(PAIR_KEY, "ascending"), (SCORED_AT, "ascending"), (S.SCORE, "ascending")]
+    order += [(f"_{name}_rank", "ascending") for name in ENTRY_COLUMNS[1:]]
+    ordered = ranked.sort_by(order)
+    keys = ordered.column(PAIR_KEY).to_pylist()
+    first = [i for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]]
+    return ordered.take(first).select([PAIR_KEY, *ENTRY_COLUMNS])

@@ -1,0 +1,363 @@
+"""The score cache without Spark: keys, the Delta table through deltalake, upkeep (issue 10)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from dear_udf import layout as L
+from dear_udf.cache import (
+    CACHE_ARROW_SCHEMA,
+    CacheError,
+    append_entries,
+    cache_stats,
+    check_cache,
+    chunk_count,
+    chunk_of,
+    doc_hash,
+    entries_table,
+    keys,
+    open_cache,
+    pair_key,
+    pick_one,
+    query_hash,
+    read_entries,
+    scorer_key,
+    scorer_key_of,
+)
+from dear_udf.cli import main
+from dear_udf.layout import Layout
+
+FP = "ab" * 32
+UTC = dt.timezone.utc
+T0 = dt.datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
+
+
+# -- scorer key ----------------------------------------------------------------------------
+
+
+def _changed(field: dataclasses.Field, value):
+    """Another valid value for one Layout field, chosen by the field's type."""
+    if field.name == "pooling":
+        return next(r for r in L.POOLING_RULES if r != value)
+    if field.name == "special_tokens":
+        return next(m for m in L.SPECIAL_TOKEN_MODES if m != value)
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    raise AssertionError(f"test_every_layout_field_changes_the_scorer_key does not know how to change {field.name}")
+
+
+def test_every_layout_field_changes_the_scorer_key():
+    base = Layout()
+    seen = {scorer_key(fingerprint=FP, dtype="float32", layout=base)}
+    for field in dataclasses.fields(Layout):
+        other = dataclasses.replace(base, **{field.name: _changed(field, getattr(base, field.name))})
+        seen.add(scorer_key(fingerprint=FP, dtype="float32", layout=other))
+    # Lengths, templates, pooling rule and special-token mode: each its own key.
+    assert len(seen) == 1 + len(dataclasses.fields(Layout))
+    assert {"query_max_tokens", "doc_max_tokens", "padded_length", "query_prefix", "doc_prefix", "pooling", "special_tokens"} <= {
+        f.name for f in dataclasses.fields(Layout)
+    }
+
+
+def test_a_layout_field_added_later_is_keyed_without_being_named():
+    @dataclasses.dataclass(frozen=True)
+    class Wider(Layout):
+        new_setting: int = 0
+
+    assert scorer_key(fingerprint=FP, dtype="float32", layout=Wider(new_setting=1)) != scorer_key(
+        fingerprint=FP, dtype="float32", layout=Wider(new_setting=2)
+    )
+    assert "new_setting" in keys.scorer_fields(fingerprint=FP, dtype="float32", layout=Wider())["layout"]
+
+
+def test_dtype_fingerprint_and_format_version_change_the_scorer_key(monkeypatch):
+    found = {scorer_key(fingerprint=FP, dtype=d, layout=Layout()) for d in ("float32", "bfloat16", "float16")}
+    found.add(scorer_key(fingerprint="cd" * 32, dtype="float32", layout=Layout()))
+    assert len(found) == 4
+    before = scorer_key(fingerprint=FP, dtype="float32", layout=Layout())
+    monkeypatch.setattr(keys, "FORMAT_VERSION", keys.FORMAT_VERSION + 1)
+    assert scorer_key(fingerprint=FP, dtype="float32", layout=Layout()) != before
+
+
+def test_keys_are_stable_across_processes_and_releases():
+    # Pinned: changing how keys are computed must come with a FORMAT_VERSION bump (and
+    # these values), since every existing entry then misses.
+    assert keys.FORMAT_VERSION == 1
+    assert scorer_key(fingerprint=FP, dtype="float32", layout=Layout()) == "a24dcf283de9e5481ff8078909ee4f93"
+    assert pair_key("q", None, "text", char_cap=10) == "1b7668c9370bba3ebb4befe2a3316481"
+    assert len(query_hash("q", char_cap=None)) == 64 and len(doc_hash("t", "x", char_cap=None)) == 64
+
+
+def test_bad_scorer_key_inputs_are_refused_by_name():
+    with pytest.raises(Exception, match="dtype must be one of"):
+        scorer_key(fingerprint=FP, dtype="int8", layout=Layout())
+    with pytest.raises(Exception, match="fingerprint must be a non-empty string"):
+        scorer_key(fingerprint="", dtype="float32", layout=Layout())
+    with pytest.raises(Exception, match="char_cap must be a positive integer"):
+        pair_key("q", "t", "x", char_cap=0)
+
+
+def test_adapter_and_its_bytes_change_the_scorer_key(tiny_models, tmp_path):
+    from dear_udf.model import ModelSpec, inspect_model
+
+    base = tiny_models["index227"]
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_models["index227-lora"], adapter)
+    full = scorer_key_of(inspect_model(ModelSpec(model=str(base))), Layout())
+    with_adapter = scorer_key_of(inspect_model(ModelSpec(model=str(base), adapter=str(adapter))), Layout())
+    assert full == scorer_key_of(inspect_model(ModelSpec(model=str(base))), Layout())
+    weights = next(adapter.glob("adapter_model.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one adapter weight
+    weights.write_bytes(bytes(data))
+    retrained = scorer_key_of(inspect_model(ModelSpec(model=str(base), adapter=str(adapter))), Layout())
+    assert len({full, with_adapter, retrained}) == 3
+    assert scorer_key_of(inspect_model(ModelSpec(model=str(base), dtype="bfloat16")), Layout()) != full
+
+
+# -- pair key ------------------------------------------------------------------------------
+
+
+def test_one_character_of_a_document_or_query_changes_the_pair_key():
+    text = "Llamas are domesticated South American camelids. " * 20
+    key = pair_key("what is a llama", "Llama", text, char_cap=4096)
+    for i in (0, len(text) // 2, len(text) - 1):
+        changed = text[:i] + ("X" if text[i] != "X" else "Y") + text[i + 1 :]
+        assert pair_key("what is a llama", "Llama", changed, char_cap=4096) != key
+    assert pair_key("what is a llama", "Llame", text, char_cap=4096) != key
+    assert pair_key("what is a llamb", "Llama", text, char_cap=4096) != key
+    assert pair_key("what is a llama", "Llama", text, char_cap=4096) == key
+
+
+def test_null_empty_and_field_boundaries_are_told_apart():
+    variants = [
+        ("q", None, "x"), ("q", "", "x"), ("q", "x", None), ("q", "x", ""),
+        ("q", "ab", "c"), ("q", "a", "bc"), ("q", "a b", "c"), ("q", None, None), ("q", "", ""),
+        (None, "t", "x"), ("", "t", "x"),
+    ]
+    found = {pair_key(*v, char_cap=100) for v in variants}
+    assert len(found) == len(variants)
+
+
+def test_text_beyond_the_cap_is_not_read_so_it_may_hit():
+    cap = 50
+    head = "é" * 49 + "😀"  # the cap counts characters (code points), not bytes
+    assert pair_key("q", None, head + "tail one", char_cap=cap) == pair_key("q", None, head + "tail two", char_cap=cap)
+    assert pair_key("q", None, head[:-1] + "😁" + "tail", char_cap=cap) != pair_key("q", None, head + "tail", char_cap=cap)
+    assert pair_key("q", None, head + "a", char_cap=None) != pair_key("q", None, head + "b", char_cap=None)
+
+
+def test_chunks_are_a_pure_function_of_the_key():
+    pair_keys = [pair_key(f"q{i}", None, f"d{i}", char_cap=None) for i in range(2000)]
+    n = chunk_count(len(pair_keys), 250)
+    assert n == 8 and chunk_count(0, 250) == 1 and chunk_count(251, 250) == 2
+    chunks = [chunk_of(k, n) for k in pair_keys]
+    assert chunks == [chunk_of(k, n) for k in pair_keys]
+    sizes = [chunks.count(c) for c in range(n)]
+    assert min(sizes) > 150 and max(sizes) < 350, sizes  # about chunk_pairs each
+    assert chunk_of("0" * 14 + "f" + "0" * 17, 16) == 15
+    with pytest.raises(Exception, match="chunk_pairs must be a positive integer"):
+        chunk_count(10, 0)
+
+
+# -- the table -----------------------------------------------------------------------------
+
+
+def _scores(keys_: list[str], scores: list[float], **extra) -> pa.Table:
+    cols = {"pair_key": keys_, "score": pa.array(scores, pa.float32())}
+    cols.update(extra)
+    return pa.table(cols)
+
+
+def _entries(scorer: str, keys_: list[str], scores: list[float], *, at: dt.datetime = T0, run_id: str = "r1", **extra) -> pa.Table:
+    return entries_table(_scores(keys_, scores, **extra), scorer_key=scorer, run_id=run_id, scored_at=at)
+
+
+def test_open_creates_an_empty_cache_partitioned_by_scorer_key(tmp_path):
+    uri = str(tmp_path / "cache")
+    table = open_cache(uri)
+    assert table.metadata().partition_columns == ["scorer_key"]
+    assert pa.schema(table.schema().to_arrow()) == CACHE_ARROW_SCHEMA
+    assert open_cache(uri).version() == table.version()  # opening again changes nothing
+    (tmp_path / "empty").mkdir()
+    assert check_cache(str(tmp_path / "empty")) is None
+
+
+def test_a_table_of_another_schema_is_refused_with_its_path(tmp_path):
+    other = tmp_path / "other"
+    write_deltalake(str(other), pa.table({"query_id": ["q"], "score": [1.0]}))
+    for call in (lambda: open_cache(str(other)), lambda: append_entries(str(other), _entries("k", ["a"], [1.0]))):
+        with pytest.raises(CacheError, match=rf"{other}: not a score cache: .*schema.*missing \['doc_id'"):
+            call()
+    assert DeltaTable(str(other)).version() == 0  # untouched
+    repartitioned = tmp_path / "repartitioned"
+    write_deltalake(str(repartitioned), CACHE_ARROW_SCHEMA.empty_table(), partition_by=["run_id"])
+    with pytest.raises(CacheError, match=rf"{repartitioned}: not a score cache: .*partitioned by \['run_id'\]"):
+        check_cache(str(repartitioned))
+
+
+def test_a_folder_or_file_that_is_not_a_delta_table_is_refused(tmp_path):
+    folder = tmp_path / "reranked"
+    folder.mkdir()
+    (folder / "part-0.parquet").write_bytes(b"x")
+    with pytest.raises(CacheError, match=rf"{folder}: the score cache path is a folder that is not a Delta table .*'part-0.parquet'"):
+        open_cache(str(folder))
+    a_file = tmp_path / "cache.txt"
+    a_file.write_text("x")
+    with pytest.raises(CacheError, match=rf"{a_file}: the score cache path is a file"):
+        append_entries(str(a_file), _entries("k", ["a"], [1.0]))
+    assert sorted(p.name for p in folder.iterdir()) == ["part-0.parquet"]
+
+
+def test_append_is_one_commit_and_reads_back_by_scorer_key(tmp_path):
+    uri = str(tmp_path / "cache")
+    v1 = append_entries(uri, _entries("k1", ["a", "b"], [1.0, 2.0], query_id=["q1", "q2"], pooled_early=[True, False]))
+    v2 = append_entries(uri, _entries("k2", ["a"], [9.0]))
+    assert v2 == v1 + 1
+    got = read_entries(uri, "k1")
+    assert sorted(got.column("pair_key").to_pylist()) == ["a", "b"]
+    assert got.column("scored_at").to_pylist() == [T0, T0]
+    row = {r["pair_key"]: r for r in got.to_pylist()}
+    assert row["a"]["query_id"] == "q1" and row["a"]["pooled_early"] is True and row["a"]["doc_id"] is None
+    assert read_entries(uri, "k2").column("score").to_pylist() == [9.0]
+    assert read_entries(uri, "k3").num_rows == 0
+    assert read_entries(str(tmp_path / "none"), "k1").num_rows == 0
+    assert append_entries(uri, _entries("k1", [], [])) is None  # nothing to commit
+    assert DeltaTable(uri).version() == v2
+
+
+def test_non_finite_scores_are_not_cached():
+    got = _entries("k", ["a", "b", "c", "d"], [1.0, float("nan"), float("inf"), -2.0])
+    assert got.column("pair_key").to_pylist() == ["a", "d"]
+
+
+def test_readers_pick_one_of_duplicate_entries_deterministically(tmp_path):
+    later = T0 + dt.timedelta(days=1)
+    batches = [
+        _entries("k", ["a", "b", "c"], [5.0, 3.0, 1.0], at=later, run_id="r2"),
+        _entries("k", ["a", "b"], [7.0, 4.0], at=T0, run_id="r1"),
+        _entries("k", ["b", "c"], [2.0, 0.5], at=T0, run_id="r3", pooled_early=[True, None]),
+    ]
+    picks = []
+    for name, order in (("forward", batches), ("backward", batches[::-1])):
+        uri = str(tmp_path / name)
+        for batch in order:
+            append_entries(uri, batch)
+        picks.append(sorted(pick_one(read_entries(uri, "k")).to_pylist(), key=lambda r: r["pair_key"]))
+    # a: the earliest entry (7.0 at T0 beats 5.0 a day later); b: at T0, the lowest score
+    # (2.0); c: at T0 the only one (0.5): first committed wins, then the lowest score.
+    assert picks[0] == picks[1]
+    assert [(r["pair_key"], r["score"], r["pooled_early"]) for r in picks[0]] == [("a", 7.0, None), ("b", 2.0, True), ("c", 0.5, None)]
+
+
+def _append_rounds(uri: str, writer: str, rounds: int, barrier, results) -> None:
+    """One run's driver: append one chunk per round, each round started with the other run."""
+    for i in range(rounds):
+        barrier.wait(timeout=60)
+        chunk = [f"{writer}-{i}-{j}" for j in range(40)]
+        try:
+            append_entries(uri, _entries("k", chunk, [float(j) for j in range(40)], run_id=writer))
+            results.put((writer, i, None))
+        except Exception as exc:  # reported to the test, which names it
+            results.put((writer, i, f"{type(exc).__name__}: {exc}"))
+
+
+def test_concurrent_appends_from_two_processes_lose_nothing(tmp_path):
+    # Two drivers append chunks at the same moment, starting before the cache exists, so
+    # they also race to create it.
+    uri = str(tmp_path / "cache")
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    rounds = 4
+    procs = [ctx.Process(target=_append_rounds, args=(uri, w, rounds, barrier, results)) for w in ("A", "B")]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=180) for _ in range(2 * rounds)]
+    for p in procs:
+        p.join(timeout=60)
+    assert [o for o in outcomes if o[2] is not None] == []
+    got = read_entries(uri, "k").column("pair_key").to_pylist()
+    assert sorted(got) == sorted(f"{w}-{i}-{j}" for w in "AB" for i in range(rounds) for j in range(40))
+    assert len(got) == len(set(got))  # nothing doubled either
+    assert DeltaTable(uri).version() == 2 * rounds  # the creation, then one commit per chunk
+
+
+# -- upkeep --------------------------------------------------------------------------------
+
+K1, K2 = "1" * 32, "2" * 32
+
+
+def _two_scorers(uri: str) -> None:
+    append_entries(uri, _entries(K1, ["a", "b", "c"], [1.0, 2.0, 3.0], at=T0))
+    append_entries(uri, _entries(K1, ["d"], [4.0], at=T0 + dt.timedelta(days=20)))
+    append_entries(uri, _entries(K2, ["a", "b"], [5.0, 6.0], at=T0 + dt.timedelta(days=5)))
+
+
+def test_cache_stats_per_scorer_key_as_table_and_json(tmp_path, capsys):
+    uri = str(tmp_path / "cache")
+    _two_scorers(uri)
+    stats = cache_stats(uri)
+    by_key = {r["scorer_key"]: r for r in stats["scorer_keys"]}
+    assert by_key[K1]["entries"] == 4 and by_key[K1]["files"] == 2
+    assert (by_key[K1]["oldest"], by_key[K1]["newest"]) == ("2026-11-01T02:00:00Z", "2026-11-21T02:00:00Z")
+    assert (by_key[K2]["entries"], by_key[K2]["oldest"]) == (2, "2026-11-06T02:00:00Z")
+    assert stats["entries"] == 6 and stats["table_bytes"] == by_key[K1]["bytes"] + by_key[K2]["bytes"] > 0
+    assert stats["folder_bytes"] >= stats["table_bytes"]
+
+    assert main(["cache", "stats", uri, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == stats
+    assert main(["cache", "stats", uri]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["scorer_key", "entries", "files", "size", "oldest", "newest"]
+    assert out[1].split()[:3] == [K1, "4", "2"] and out[2].split()[:3] == [K2, "2", "1"]  # newest first
+    assert "6 entries under 2 scorer key(s)" in out[3]
+
+
+def test_cache_vacuum_keeps_one_scorer_key_and_frees_the_files(tmp_path, capsys):
+    uri = str(tmp_path / "cache")
+    _two_scorers(uri)
+    before = cache_stats(uri)["folder_bytes"]
+    assert main(["cache", "vacuum", uri, "--keep-scorer-key", K1, "--retention-hours", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["entries_deleted"], result["entries_after"], result["files_vacuumed"]) == (2, 4, 1)
+    assert read_entries(uri, K2).num_rows == 0 and read_entries(uri, K1).num_rows == 4
+    assert not list(Path(uri).glob(f"scorer_key={K2}/*.parquet"))  # gone from disk, not just the log
+    assert result["folder_bytes_after"] < before
+
+
+def test_cache_vacuum_by_age_keeps_files_for_the_retention_by_default(tmp_path, capsys):
+    uri = str(tmp_path / "cache")
+    _two_scorers(uri)
+    now = T0 + dt.timedelta(days=30)
+    from dear_udf.cache import cache_vacuum
+
+    result = cache_vacuum(uri, older_than_days=15, now=now)  # drops what was scored before day 15
+    assert result["entries_deleted"] == 5 and result["entries_after"] == 1
+    assert read_entries(uri, K1).column("pair_key").to_pylist() == ["d"]
+    # Delta's default retention (168 hours): the deleted files stay for readers mid-run.
+    assert result["files_vacuumed"] == 0 and result["retention_hours"] is None
+    assert list(Path(uri).glob(f"scorer_key={K2}/*.parquet"))
+    assert main(["cache", "vacuum", uri, "--retention-hours", "0"]) == 0
+    assert "deleted 0 of 1 entries, removed 2 file(s)"  # abc of K1, ab of K2 in capsys.readouterr().out
+    assert not list(Path(uri).glob(f"scorer_key={K2}/*.parquet"))
+
+
+def test_cache_upkeep_refusals_name_the_problem(tmp_path, capsys):
+    uri = str(tmp_path / "cache")
+    _two_scorers(uri)
+    assert main(["cache", "vacuum", uri, "--keep-scorer-key", "K1' OR 1=1 --"]) == 2
+    assert "a scorer key is 32 lowercase hex characters" in capsys.readouterr().err
+    assert cache_stats(uri)["entries"] == 6
+    assert main(["cache", "stats", str(tmp_path / "nothing")]) == 2
+    assert f"{tmp_path / 'nothing'}: there is no score cache here" in capsys.readouterr().err
