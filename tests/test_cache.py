@@ -34,7 +34,7 @@ from dear_udf.cache import (
     scorer_key_of,
 )
 from dear_udf.cli import main
-from dear_udf.layout import Layout
+from dear_udf.tokenization import Layout
 
 FP = "ab" * 32
 UTC = dt.timezone.utc

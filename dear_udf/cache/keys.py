@@ -40,7 +40,7 @@ import math
 from typing import Any
 
 from ..exceptions import ConfigError
-from ..layout import Layout
+from ..tokenization import Layout
 
 # Bump when the meaning of a key or of a cached score changes (hashing, serialization,
 # what a score is): every entry of an older format then misses.
