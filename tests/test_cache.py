@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from dear_udf import layout as L
+from dear_udf import tokenization as L
 from dear_udf.cache import (
     CACHE_ARROW_SCHEMA,
     CacheError,
