@@ -147,6 +147,21 @@ def _predicate(keep: list[str] | None, cutoff: dt.datetime | None) -> str | None
     return " OR ".join(f"({p})" for p in parts) or None
 
 
+def _delete(uri: str, predicate: str, storage_options: dict[str, str] | None) -> int:
+    """Delete the entries ``predicate`` selects, in one Delta commit; the rows deleted."""
+    from deltalake.exceptions import DeltaError
+
+    for attempt in range(1, DELETE_ATTEMPTS + 1):
+        table = _existing(uri, storage_options)
+        try:
+            return int(table.delete(predicate).get("num_deleted_rows") or 0)
+        except DeltaError as exc:  # a run appended meanwhile: delete from the new snapshot
+            if attempt == DELETE_ATTEMPTS:
+                raise CacheError(f"{uri}: deleting cache entries failed after {attempt} attempts ({exc}).") from exc
+            time.sleep(random.uniform(0.05, 0.2) * attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 def cache_vacuum(
     uri: str,
     *,
@@ -176,8 +191,6 @@ def cache_vacuum(
         >>> cache_vacuum("/tables/score-cache", keep_scorer_keys=["5f0c..."], older_than_days=30)  # doctest: +SKIP
         {'entries_deleted': 120000, ...}
     """
-    from deltalake.exceptions import DeltaError
-
     keep = None if keep_scorer_keys is None else _check_keys(list(keep_scorer_keys))
     if older_than_days is not None and not (isinstance(older_than_days, (int, float)) and older_than_days >= 0):
         raise CacheError(f"older_than_days must be a non-negative number, got {older_than_days!r}.")
@@ -186,17 +199,7 @@ def cache_vacuum(
     cutoff = None if older_than_days is None else (now or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(days=older_than_days)
     predicate = _predicate(keep, cutoff)
     before = cache_stats(uri, storage_options=storage_options)
-    deleted = 0
-    if predicate is not None:
-        for attempt in range(1, DELETE_ATTEMPTS + 1):
-            table = _existing(uri, storage_options)
-            try:
-                deleted = int(table.delete(predicate).get("num_deleted_rows") or 0)
-                break
-            except DeltaError as exc:  # a run appended meanwhile: delete from the new snapshot
-                if attempt == DELETE_ATTEMPTS:
-                    raise CacheError(f"{uri}: deleting cache entries failed after {attempt} attempts ({exc}).") from exc
-                time.sleep(random.uniform(0.05, 0.2) * attempt)
+    deleted = 0 if predicate is None else _delete(uri, predicate, storage_options)
     table = _existing(uri, storage_options)
     if retention_hours is None:
         removed = table.vacuum(dry_run=False)
