@@ -1,6 +1,6 @@
 """The local and Spark readers share one parser per text format (``io/text.py``): the same
 malformed and edge-case files give the same rows, the same errors and the same line numbers.
-JSON Lines too, though Spark parses them with its own JSON reader (for the schema).
+JSON Lines too: both paths use ``text.json_keys`` and ``text.json_batch``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,13 @@ CASES = [
         [("q1", "caf\u00e9"), ("7", "seven"), (None, "no id")],
     ),
     ("corpus.jsonl", b'{"doc_id": "a", "text": "x"}\n\n{"doc_id": "b", "text": \n', "corpus", "line 3: not a JSON object: '{\"doc_id\": \"b\", \"text\": '."),
+    (
+        "candidates.jsonl",
+        b'{"qid": 1, "pid": "d1", "rank": "2", "score": 1.5, "extra": {"a": [1]}}\n'
+        b'{"qid": 1, "pid": "d2", "rank": 3000000000, "score": "high"}\n{"qid": true, "pid": "d3", "rank": 4.0}\n',
+        "candidates",
+        [("1", "d1", 2, 1.5), ("1", "d2", None, None), ("true", "d3", 4, None)],
+    ),
     ("beir-bad.tsv", b"query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\n", "qrels", "line 3: expected 3 fields (query-id corpus-id score), got 2."),
 ]
 

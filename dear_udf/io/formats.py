@@ -12,7 +12,6 @@ text files the 1-based line number, rather than skipping anything it cannot read
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -152,32 +151,15 @@ def _resolve(path: str, kind: str, present: list[str], mapping: Mapping[str, str
 
 
 def _read_jsonl(path: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:
-    """Read JSON Lines; like Spark's JSON reader, the columns are the union of the keys."""
-    values: dict[str, list[Any]] = {}
-    for row, (number, line) in enumerate(iter_lines(path)):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise text.line_error(path, number, f"not a JSON object: {line[:200]!r}") from None
-        if not isinstance(record, dict):
-            raise text.line_error(path, number, f"not a JSON object: {line[:200]!r}")
-        for key in record.keys() - values.keys():
-            values[key] = [None] * row  # a key first seen here was absent (null) before
-        for key, column in values.items():
-            column.append(record.get(key))
-    chosen = _resolve(path, kind, list(values), mapping)
-    arrays = {}
-    for canonical, source in chosen.items():
-        column = values[source]
-        if canonical in _ID_COLUMNS:
-            # JSON ids may be numbers: 123 reads "123", as Spark's cast to string gives.
-            # A record without one keeps a null id, as in Spark (the job counts it).
-            column = [v if isinstance(v, str) or v is None else json.dumps(v) for v in column]
-        try:
-            arrays[canonical] = pa.array(column)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise InputError(f"{path}: field {source!r} holds values of mixed or unexpected types ({exc}).") from exc
-    return pa.table(arrays) if arrays else pa.table({})
+    """Read JSON Lines with ``text.json_keys`` and ``text.json_batch``, as Spark does."""
+    lines = list(iter_all_lines(path))
+    keys, bad, reason = text.json_keys(lines)
+    if bad is not None:
+        raise text.line_error(path, bad + 1, reason)
+    chosen = _resolve(path, kind, sorted(keys), mapping)
+    schema = S.INPUT_SCHEMAS[kind]
+    batch, _, _ = text.json_batch(lines, {source: schema.field(canonical).type for canonical, source in chosen.items()})
+    return pa.Table.from_batches([batch]).rename_columns(list(chosen))
 
 
 def _read_parquet(path: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:

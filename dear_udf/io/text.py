@@ -1,4 +1,4 @@
-"""One parser per text format (MS MARCO TSV, TREC runs, TREC and BEIR qrels), for both paths.
+"""One parser per text format (MS MARCO TSV, TREC runs, TREC and BEIR qrels, JSON Lines), for both paths.
 
 The local readers (``formats.py``) hand it a file's lines; the Spark readers hand it the
 lines of each Arrow batch through ``mapInArrow`` (``spark/read.py``). So both give the
@@ -11,6 +11,7 @@ The per-line rules (field separators, integer and number fields, blank lines, id
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -115,3 +116,86 @@ def read_text(path: str, kind: str, fmt: str) -> pa.Table:
     if bad is not None:
         raise line_error(path, bad + 1, reason)
     return pa.Table.from_batches([batch])
+
+
+# -- JSON Lines ------------------------------------------------------------------------------
+# Read in two passes on both paths: the keys of every record (the columns are their union,
+# so they can be matched to canonical names first), then the chosen keys' values as typed
+# columns. Both passes skip blank lines and stop at the first line that is not an object.
+
+
+def _record(line: str) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict):
+        raise rules.LineError(f"not a JSON object: {line[:200]!r}")
+    return record
+
+
+def json_keys(lines: Iterable[str | None]) -> tuple[set[str], int | None, str | None]:
+    """The union of the records' keys, and the index and reason of the first bad line."""
+    keys: set[str] = set()
+    for index, line in enumerate(lines):
+        if line is None or rules.is_blank(line):
+            continue
+        try:
+            keys.update(_record(line))
+        except rules.LineError as exc:
+            return keys, index, str(exc)
+    return keys, None, None
+
+
+def json_batch(lines: Iterable[str | None], types: dict[str, pa.DataType]) -> tuple[pa.RecordBatch, int | None, str | None]:
+    """The values of the keys in ``types``, one row per record, typed by ``json_value``."""
+    columns: dict[str, list] = {key: [] for key in types}
+    for index, line in enumerate(lines):
+        if line is None or rules.is_blank(line):
+            continue
+        try:
+            record = _record(line)
+        except rules.LineError as exc:
+            return _json_columns(columns, types), index, str(exc)
+        for key, column in columns.items():
+            column.append(json_value(record.get(key), types[key]))
+    return _json_columns(columns, types), None, None
+
+
+def _json_columns(columns: dict[str, list], types: dict[str, pa.DataType]) -> pa.RecordBatch:
+    schema = pa.schema([(key, types[key]) for key in columns])
+    return pa.RecordBatch.from_arrays([pa.array(values, type=types[key]) for key, values in columns.items()], schema=schema)
+
+
+def json_value(value: object, type_: pa.DataType) -> object:
+    """A JSON value as a column of ``type_`` holds it.
+
+    Strings: text as is; numbers, booleans, arrays and objects as their JSON text (an id
+    ``123`` reads ``"123"``). Integers and numbers: JSON numbers, or text that reads as
+    one; anything else, or an integer beyond 32 bits, is missing (null), as an unreadable
+    first-stage rank or score is.
+    """
+    if value is None:
+        return None
+    if pa.types.is_string(type_):
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return None
+    if pa.types.is_integer(type_):
+        number = _number(value, int)
+        if isinstance(number, float):
+            number = int(number) if number.is_integer() else None
+        return number if number is not None and -(2**31) <= number < 2**31 else None
+    number = _number(value, float)
+    return None if number is None else float(number)
+
+
+def _number(value: object, parse: type) -> int | float | None:
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return parse(value.strip())
+        except ValueError:
+            return None
+    return None

@@ -15,6 +15,7 @@ file that cannot be read (``_read_parquet``).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from .. import schema as S
@@ -70,19 +71,31 @@ def _shown(path: str, file_name: str) -> str:
     return file_name[len("file:"):] if file_name.startswith("file:/") else file_name
 
 
-def _first_bad_line(spark: Any, path: str, bad: Any, what: str) -> None:
-    """Raise naming the file and 1-based line of the first line where ``bad`` holds."""
-    from pyspark.sql import functions as F
-
-    lines = _lines(spark, path).withColumn("_file", F.input_file_name())
-    first = lines.filter(bad).select("_file", "value").limit(1).collect()
-    if not first:
-        return
-    file_name, value = first[0]["_file"], first[0]["value"]
-    raise text.line_error(_shown(path, file_name), _line_number(spark, file_name, value), f"{what}: {value[:200]!r}")
-
-
 _BAD, _BAD_FILE, _BAD_LINE = "_bad_reason", "_bad_file", "_bad_line"
+_MARKS = [(_BAD, "string"), (_BAD_FILE, "string"), (_BAD_LINE, "string")]
+
+
+def _with_marks(batch: Any, schema: Any) -> Any:
+    """``batch`` with the bad-line columns, all null."""
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_arrays([*batch.columns, *(pa.nulls(batch.num_rows, pa.string()) for _ in _MARKS)], schema=schema)
+
+
+def _mark(batch: Any, values: list, bad: int, reason: str, schema: Any) -> Any:
+    """One row naming a bad line: its reason, its file and its text; the driver numbers it."""
+    import pyarrow as pa
+
+    data = [pa.nulls(1, f.type) for f in schema][: len(schema) - len(_MARKS)]
+    where = [pa.array([reason]), pa.array([batch.column("_file")[bad].as_py()]), pa.array([values[bad]])]
+    return pa.RecordBatch.from_arrays([*data, *where], schema=schema)
+
+
+def _raise_first_bad(spark: Any, path: str, bad: list) -> None:
+    """Raise the error of the first bad line in file order, as the local readers word it."""
+    if bad:
+        number, file_name, reason = min((_line_number(spark, r[_BAD_FILE], r[_BAD_LINE]), r[_BAD_FILE], r[_BAD]) for r in bad)
+        raise text.line_error(_shown(path, file_name), number, reason)
 
 
 def _read_text(spark: Any, path: str, kind: str, fmt: str) -> Any:
@@ -97,8 +110,7 @@ def _read_text(spark: Any, path: str, kind: str, fmt: str) -> Any:
     lines = _lines(spark, path).withColumn("_file", F.input_file_name())
     head = lines.filter(F.trim(F.col("value")) != "").limit(1).collect()
     layout = text.layout_for(kind, fmt, head[0]["value"] if head else None, path=path)
-    marks = [(_BAD, pa.string()), (_BAD_FILE, pa.string()), (_BAD_LINE, pa.string())]
-    out_schema = pa.schema([*layout.schema, *marks])
+    out_schema = pa.schema([*layout.schema, *_MARKS])
 
     def parse(batches: Any) -> Any:
         from pyspark import TaskContext
@@ -106,49 +118,55 @@ def _read_text(spark: Any, path: str, kind: str, fmt: str) -> Any:
         at_start = TaskContext.get().partitionId() == 0  # the file's first lines: a header may lead
         for batch in batches:
             values = batch.column("value").to_pylist()
-            table, bad, reason = text.parse_lines(values, layout, first=at_start)
+            parsed, bad, reason = text.parse_lines(values, layout, first=at_start)
             at_start = False
-            nulls = [pa.nulls(table.num_rows, pa.string())] * len(marks)
-            yield pa.RecordBatch.from_arrays([*table.columns, *nulls], schema=out_schema)
-            if bad is not None:  # one marker row: the driver finds its line number
-                where = [pa.array([reason]), pa.array([batch.column("_file")[bad].as_py()]), pa.array([values[bad]])]
-                yield pa.RecordBatch.from_arrays([*(pa.nulls(1, f.type) for f in layout.schema), *where], schema=out_schema)
+            yield _with_marks(parsed, out_schema)
+            if bad is not None:
+                yield _mark(batch, values, bad, reason, out_schema)
 
     parsed = lines.mapInArrow(parse, spark_schema(out_schema))
-    bad = parsed.filter(F.col(_BAD).isNotNull()).select(*[name for name, _ in marks]).collect()
-    if bad:
-        number, file_name, reason = min((_line_number(spark, r[_BAD_FILE], r[_BAD_LINE]), r[_BAD_FILE], r[_BAD]) for r in bad)
-        raise text.line_error(_shown(path, file_name), number, reason)
-    return parsed.drop(*[name for name, _ in marks])
+    _raise_first_bad(spark, path, parsed.filter(F.col(_BAD).isNotNull()).select(*[n for n, _ in _MARKS]).collect())
+    return parsed.drop(*[n for n, _ in _MARKS])
 
 
-_CORRUPT = "_corrupt_record"
-# Jackson refuses a JSON string over 20,000,000 characters (its StreamReadConstraints), so
-# a long text read as a "not a JSON object" line; Python's json, the local reader, has no
-# such limit. Lift it to Java's largest string.
-_JACKSON_LIMITS = {"maxStringLen": str(2**31 - 1)}
+def _read_jsonl(spark: Any, path: str, kind: str, mapping: Mapping[str, str]) -> Any:
+    """JSON Lines with ``io.text.json_keys`` and ``json_batch``, the local reader's
+    functions, applied to each Arrow batch of lines: the same rows, values and errors.
 
-
-def _read_jsonl(spark: Any, path: str) -> Any:
-    """JSON Lines, decoded like the text formats: invalid UTF-8 becomes U+FFFD.
-
-    Spark's JSON reader hands undecodable bytes to its parser, which turns the whole record
-    into a ``_corrupt_record`` with null fields: an id or a text silently lost. So the lines
-    are read as text (invalid bytes replaced), and parsed with ``from_json`` against the
-    schema Spark infers from the file. A line that is still not a JSON object stops the
-    run, naming the file and the line, as the local reader does.
+    Lines are read as text (invalid UTF-8 becomes U+FFFD): Spark's JSON reader would turn
+    a record with undecodable bytes into a ``_corrupt_record`` with null fields.
     """
+    import pyarrow as pa
     from pyspark.sql import functions as F
-    from pyspark.sql.types import StringType, StructField, StructType
 
-    inferred = spark.read.options(lineSep="\n", **_JACKSON_LIMITS).json(path).schema
-    schema = StructType([f for f in inferred.fields if f.name != _CORRUPT] + [StructField(_CORRUPT, StringType())])
-    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT, **_JACKSON_LIMITS}
-    parsed = F.from_json(F.col("value"), schema, options)
-    blank = F.trim(F.col("value")) == ""
-    _first_bad_line(spark, path, ~blank & (parsed.isNull() | parsed[_CORRUPT].isNotNull()), "not a JSON object")
-    lines = _lines(spark, path).filter(~blank)
-    return lines.select(parsed.alias("_r")).select("_r.*").drop(_CORRUPT)
+    from ..schema import spark_schema
+
+    lines = _lines(spark, path).withColumn("_file", F.input_file_name())
+    key_schema = pa.schema([("key", pa.string()), *_MARKS])
+
+    def keys_of(batches: Any) -> Any:
+        for batch in batches:
+            values = batch.column("value").to_pylist()
+            keys, bad, reason = text.json_keys(values)
+            yield _with_marks(pa.RecordBatch.from_arrays([pa.array(sorted(keys), pa.string())], names=["key"]), key_schema)
+            if bad is not None:
+                yield _mark(batch, values, bad, reason, key_schema)
+
+    found = lines.mapInArrow(keys_of, spark_schema(key_schema)).dropDuplicates().collect()
+    _raise_first_bad(spark, path, [r for r in found if r[_BAD] is not None])
+    try:
+        chosen = rules.resolve_columns(kind, sorted({r["key"] for r in found if r["key"] is not None}), dict(mapping))
+    except rules.ColumnError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+    types = {source: S.INPUT_SCHEMAS[kind].field(canonical).type for canonical, source in chosen.items()}
+    value_schema = pa.schema(list(types.items()))
+
+    def values_of(batches: Any) -> Any:
+        for batch in batches:
+            parsed, _, _ = text.json_batch(batch.column("value").to_pylist(), types)
+            yield parsed
+
+    return lines.mapInArrow(values_of, spark_schema(value_schema))
 
 
 def _read_parquet(spark: Any, path: str) -> Any:
@@ -221,7 +239,7 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
         inner = os.path.join(path, BEIR_FILES[kind])
         if kind == "qrels":
             return _read_text(spark, inner, kind, "qrels")
-        return _read_jsonl(spark, inner)
+        return _read_jsonl(spark, inner, kind, spec.columns)
     if fmt == "parquet":
         return _read_parquet(spark, path)
     if fmt == "delta":
@@ -232,7 +250,7 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
         except Exception as exc:  # noqa: BLE001 - AnalysisException: no such table
             raise InputError(f"{path}: no such table in this Spark session ({exc}).") from exc
     if fmt == "jsonl":
-        return _read_jsonl(spark, path)
+        return _read_jsonl(spark, path, kind, spec.columns)
     if fmt in text.TEXT_FORMATS:
         if spec.columns:
             raise InputError(f"{path}: columns {dict(spec.columns)} given, but {fmt!r} files have a fixed layout without column names.")
