@@ -182,7 +182,8 @@ def entries_table(
 
 
 def append_entries(uri: str, entries: pa.Table, *, storage_options: dict[str, str] | None = None) -> int | None:
-    """Append cache rows (``CACHE_ARROW_SCHEMA``) as ONE Delta commit; returns the table version.
+    """Append cache rows (``CACHE_ARROW_SCHEMA``) as ONE Delta commit; returns the table
+    version read right after it (a concurrent writer's later commit may be in it already).
 
     Nothing is committed for no rows (returns None). Retries from a fresh snapshot when a
     concurrent writer won the commit race, so concurrent appends all land.
