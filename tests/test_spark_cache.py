@@ -10,6 +10,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from dear_udf.cache import CacheError, append_entries, chunk_of, doc_hash, entries_table, pair_key, query_hash, read_entries
 from dear_udf.spark import cache as C
+from tests.test_cache import RAW_DUPLICATES, RAW_PICKS, raw_entries
 
 pytestmark = pytest.mark.spark
 
@@ -124,3 +125,10 @@ def test_append_chunk_commits_one_transaction_that_the_next_lookup_hits(spark, t
     found = C.lookup(scored.select("query_id", "doc_id", "pair_key"), uri=uri, scorer_key=KEY)
     assert sorted((r.pair_key, r.score, r.pooled_early) for r in found.hits.collect()) == sorted((r[2], r[3], r[4]) for r in rows[:40])
     assert [r.query_id for r in found.misses.collect()] == ["qn"]
+
+
+def test_spark_and_arrow_pick_the_same_duplicate_nulls_first(spark):
+    for rows in (RAW_DUPLICATES, RAW_DUPLICATES[::-1]):
+        entries = spark.createDataFrame(raw_entries(rows).drop_columns(["scorer_key"]))
+        got = sorted((r.pair_key, r.score, r.pooled_early, r.pooled_in_query) for r in C.pick_one(entries).collect())
+        assert got == RAW_PICKS

@@ -10,8 +10,10 @@ moment do not conflict in Delta's sense; delta-rs retries a lost commit race its
 ``append_entries`` retries again from a fresh snapshot on ``CommitFailedError`` (also
 when two runs create the table at once: one wins version 0, the other appends after it).
 Both runs' rows land. The same pair scored by two runs gives two rows; readers pick one
-deterministically (``pick_one``: earliest ``scored_at``, then lowest score, then flags),
-so a score, once committed, is the one every later reader sees.
+deterministically (``pick_one``: earliest ``scored_at``, then lowest score, then flags,
+nulls first), so every reader of one table version sees the same score. (A run committing
+the same pair later with an earlier ``scored_at`` can change the pick; both entries then
+hold the same scorer's score for the same texts.)
 """
 
 from __future__ import annotations
@@ -180,7 +182,8 @@ def entries_table(
 
 
 def append_entries(uri: str, entries: pa.Table, *, storage_options: dict[str, str] | None = None) -> int | None:
-    """Append cache rows (``CACHE_ARROW_SCHEMA``) as ONE Delta commit; returns the table version.
+    """Append cache rows (``CACHE_ARROW_SCHEMA``) as ONE Delta commit; returns the table
+    version read right after it (a concurrent writer's later commit may be in it already).
 
     Nothing is committed for no rows (returns None). Retries from a fresh snapshot when a
     concurrent writer won the commit race, so concurrent appends all land.
@@ -233,8 +236,9 @@ def read_entries(
 
 def pick_one(entries: pa.Table) -> pa.Table:
     """One row per pair key: the earliest ``scored_at``, then the lowest score, then the
-    flags (null, false, true). Deterministic whatever the file order; the Spark reader
-    (``dear_udf.spark.cache.read_cache``) applies the same rule.
+    flags (false before true), a null before any value in each. Deterministic whatever the
+    file order; the Spark reader (``dear_udf.spark.cache.pick_one``) applies the same rule,
+    Spark's ordering of a struct (nulls first).
 
     Returns ``pair_key`` and ``ENTRY_COLUMNS``.
     """
@@ -242,14 +246,12 @@ def pick_one(entries: pa.Table) -> pa.Table:
 
     if entries.num_rows == 0:
         return entries.select([PAIR_KEY, *ENTRY_COLUMNS])
-    # Spark orders null before false before true; rank the flags so Arrow sorts alike.
-    ranked = entries
-    for name in ENTRY_COLUMNS[1:]:
-        flag = entries.column(name)
-        rank = pc.if_else(pc.is_null(flag), 0, pc.if_else(pc.fill_null(flag, False), 2, 1))
-        ranked = ranked.append_column(f"_{name}_rank", rank)
-    order = [(PAIR_KEY, "ascending"), (SCORED_AT, "ascending"), (S.SCORE, "ascending")]
-    order += [(f"_{name}_rank", "ascending") for name in ENTRY_COLUMNS[1:]]
+    # Sort each column by (is it set, its value): nulls first as Spark orders them, on
+    # every pyarrow version (per-key null placement came in pyarrow 25).
+    ranked, order = entries, [(PAIR_KEY, "ascending")]
+    for name in (SCORED_AT, *ENTRY_COLUMNS):
+        ranked = ranked.append_column(f"_{name}_set", pc.is_valid(entries.column(name)))
+        order += [(f"_{name}_set", "ascending"), (name, "ascending")]
     ordered = ranked.sort_by(order)
     keys = ordered.column(PAIR_KEY).to_pylist()
     first = [i for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]]

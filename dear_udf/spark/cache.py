@@ -18,7 +18,8 @@ Delta when the session has it (``session.has_spark_delta``), else through ``delt
   the driver holds) and committed by deltalake as one append.
 
 Either way a chunk's scores are ONE Delta transaction, and duplicates of a pair key are
-resolved by ``pick_one``'s rule (earliest ``scored_at``, then lowest score, then flags).
+resolved by ``pick_one``'s rule (earliest ``scored_at``, then lowest score, then flags;
+nulls first).
 """
 
 from __future__ import annotations
@@ -201,7 +202,8 @@ def read_entries(
 
 def pick_one(entries: Any) -> Any:
     """One row per pair key (``pair_key`` + ``ENTRY_COLUMNS``): the earliest ``scored_at``,
-    then the lowest score, then the flags (null, false, true); ``cache.table.pick_one``'s rule."""
+    then the lowest score, then the flags, nulls first (Spark's struct order);
+    ``cache.table.pick_one``'s rule."""
     from pyspark.sql import functions as F
 
     best = F.min(F.struct(F.col(SCORED_AT), *[F.col(c) for c in ENTRY_COLUMNS])).alias("_best")
@@ -228,7 +230,12 @@ def read_cache(
 class Lookup(NamedTuple):
     """``hits``: the pairs found, with ``score``, ``pooled_early``, ``pooled_in_query``
     added; ``misses``: the pairs not found, columns unchanged. Both lazy: persist ``pairs``
-    (and ``cached``) when both are used."""
+    (and ``cached``) when both are used.
+
+    Materialize both (persist and count, or checkpoint) before the first chunk commits:
+    the deltalake readers fix the table's files at the call, but Spark's Delta reader may
+    see a newer version when re-evaluated, and a pair committed by this run's own chunks
+    would then turn up among the hits as well as among the new scores."""
 
     hits: Any
     misses: Any
