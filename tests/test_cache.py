@@ -315,7 +315,9 @@ def test_concurrent_appends_from_two_processes_lose_nothing(tmp_path):
     got = read_entries(uri, "k").column("pair_key").to_pylist()
     assert sorted(got) == sorted(f"{w}-{i}-{j}" for w in "AB" for i in range(rounds) for j in range(40))
     assert len(got) == len(set(got))  # nothing doubled either
-    assert DeltaTable(uri).version() == 2 * rounds  # the creation, then one commit per chunk
+    # One commit per chunk after the creation; when both processes race to create the table,
+    # the loser's create may land as one more (empty) commit. Measured: 8 or 9 for 4 rounds.
+    assert 2 * rounds <= DeltaTable(uri).version() <= 2 * rounds + 1
 
 
 # -- upkeep --------------------------------------------------------------------------------
