@@ -98,7 +98,7 @@ class JobConfig:
     layout: Layout = field(default_factory=Layout)
     master: str | None = field(default=None, metadata=flag("--master", help="Spark master, e.g. local[2]; default: the session's"))
     arrow_batch_size: int = 10000  # spark.sql.execution.arrow.maxRecordsPerBatch
-    scoring_partitions: int | None = field(default=None, metadata=flag("--partitions", type=int, help="scoring partitions (default: Spark's default parallelism)"))
+    scoring_partitions: int | None = field(default=None, metadata=flag("--partitions", type=int, help="scoring partitions per chunk (default: enough for --task-pairs, at least Spark's default parallelism)"))
     spark_conf: Mapping[str, str] = field(default_factory=dict)
     max_drop_share: float = field(
         default=0.5,
@@ -109,9 +109,15 @@ class JobConfig:
         metadata=flag("--allow-empty", action="store_true", help="write even a run that scored nothing or dropped more than --max-drop-share"),
     )
     mlflow: TrackingSpec | None = field(default=None, metadata=flag("--mlflow", action="store_true", help="log the run to MLflow (needs the mlflow extra)"))
+    cache: str | None = field(
+        default=None,
+        metadata=flag("--cache", help="score cache (Delta table folder) shared by nights; default: a scratch cache beside the output, removed once the output is committed"),
+    )
+    chunk_pairs: int = field(default=500_000, metadata=flag("--chunk-pairs", type=int, help="pairs to score per chunk; each chunk's scores are committed to the cache (default 500000)"))
+    task_pairs: int = field(default=50_000, metadata=flag("--task-pairs", type=int, help="pairs per scoring task, so a retried task costs little (default 50000)"))
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "depth", "batch_size", "arrow_batch_size", "max_tokens", "scoring_partitions"):
+        for name in ("top_k", "depth", "batch_size", "arrow_batch_size", "max_tokens", "scoring_partitions", "chunk_pairs", "task_pairs"):
             value = getattr(self, name)
             if value is None and name in ("max_tokens", "scoring_partitions"):
                 continue
@@ -127,6 +133,8 @@ class JobConfig:
             raise ConfigError(f"max_drop_share must be a number from 0 to 1, got {share!r}.")
         if not isinstance(self.allow_empty, bool):
             raise ConfigError(f"allow_empty must be true or false, got {self.allow_empty!r}.")
+        if self.cache is not None and (not isinstance(self.cache, str) or not self.cache.strip()):
+            raise ConfigError(f"cache must be a path to a Delta table folder, got {self.cache!r}.")
         if not isinstance(self.spark_conf, Mapping):
             raise ConfigError(f"spark_conf must be a mapping of Spark setting to value, got {self.spark_conf!r}.")
 

@@ -62,9 +62,10 @@ def check_scored(summary: RunSummary, *, examples: Sequence[str] = ()) -> None:
         examples: a few ``query/doc=score`` strings to show.
     """
     prefix = f"run_id={summary.run_id!r}"
-    if summary.pairs_scored != summary.candidates_kept:
+    if summary.pairs_scored + summary.cache_hits != summary.candidates_kept:
         raise RunRefusedError(
-            f"{prefix}: scored {summary.pairs_scored} pairs but kept {summary.candidates_kept}; refusing to write."
+            f"{prefix}: scored {summary.pairs_scored} pairs and found {summary.cache_hits} in the cache "
+            f"but kept {summary.candidates_kept}; refusing to write."
         )
     if summary.non_finite_scores:
         shown = f" (e.g. {', '.join(examples)})" if examples else ""

@@ -10,7 +10,9 @@ The points:
 - ``"scoring-start"`` (``scorer=``), ``"batch-scored"`` (``batch=``),
   ``"partition-scored"`` and ``"scoring-end"`` (``scorer=``): inside a scoring task;
 - ``"before-commit"`` (``files=``, ``table=``): on the driver, after the run's files
-  are written and before the Delta commit.
+  are written and before the Delta commit;
+- ``"chunk-committed"`` (``chunk=``, ``chunks=``, ``uri=``): on the driver, after a
+  chunk's scores were committed to the score cache.
 """
 
 from __future__ import annotations

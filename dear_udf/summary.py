@@ -2,7 +2,8 @@
 
 The invariants every summary states and the job checks before it reports success:
 
-- candidates read = candidates scored + candidates dropped (by reason);
+- candidates read = pairs scored now + pairs found in the score cache + candidates
+  dropped (by reason);
 - every query of the candidates is in the output or in ``queries_with_nothing_to_rank``
   (all of its candidates were dropped), never both.
 
@@ -33,7 +34,14 @@ class RunSummary:
     first_stage_missing: dict[str, int] = field(default_factory=dict)  # candidates: rank, score
     candidates_read: int = 0
     candidates_kept: int = 0
-    pairs_scored: int = 0
+    pairs_scored: int = 0  # scored by the model in this run (the cache's misses)
+    cache: str = ""  # the score cache: --cache, or the scratch cache beside the output
+    cache_scratch: bool = False  # removed once the output is committed
+    scorer_key: str = ""
+    cache_hits: int = 0  # kept pairs whose score came from the cache
+    cache_misses: int = 0
+    cache_hit_rate: float = 0.0
+    chunks: list[dict[str, Any]] = field(default_factory=list)  # chunk, pairs, seconds
     non_finite_scores: int = 0  # NaN or infinite scores; a run holding any is refused
     dropped: dict[str, int] = field(default_factory=dict)
     queries_in_candidates: int = 0
@@ -60,8 +68,8 @@ class RunSummary:
 
     @property
     def accounted(self) -> bool:
-        """True when every candidate read was scored or dropped with a reason."""
-        return self.candidates_read == self.pairs_scored + sum(self.dropped.values())
+        """True when every candidate read was scored, found in the cache, or dropped with a reason."""
+        return self.candidates_read == self.pairs_scored + self.cache_hits + sum(self.dropped.values())
 
     @property
     def queries_accounted(self) -> bool:
@@ -92,8 +100,10 @@ class RunSummary:
         lines = [
             f"run {self.run_id}  model {self.model}",
             f"read      " + ", ".join(f"{k}={v}" for k, v in self.rows_read.items()),
-            f"candidates read={self.candidates_read} scored={self.pairs_scored} "
+            f"candidates read={self.candidates_read} scored={self.pairs_scored} cached={self.cache_hits} "
             f"dropped={sum(self.dropped.values())} accounted={self.accounted}",
+            f"cache     hits={self.cache_hits} misses={self.cache_misses} hit rate={self.cache_hit_rate:.1%} "
+            f"chunks={len(self.chunks)} -> {self.cache}" + (" (scratch)" if self.cache_scratch else ""),
         ]
         for reason, count in sorted(self.dropped.items()):
             lines.append(f"  dropped {reason}: {count}")

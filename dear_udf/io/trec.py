@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -49,13 +50,19 @@ def write_trec_run(table_or_df: Any, path: str | os.PathLike[str], *, tag: str =
         >>> write_trec_run(run, "/tmp/example.trec")
         1
     """
-    if not tag or _WHITESPACE.search(tag):
-        raise OutputError(f"tag must be a non-empty word without whitespace, got {tag!r}.")
-    table = to_arrow(table_or_df, what="table_or_df")
+    table = _run_columns(to_arrow(table_or_df, what="table_or_df"), path)
+    return write_trec_batches([table.sort_by([(S.QUERY_ID, "ascending"), (S.RANK, "ascending")])], path, tag=tag)
+
+
+def _run_columns(table: pa.Table, path: Any) -> pa.Table:
     missing = [c for c in _RUN_COLUMNS if c not in table.column_names]
     if missing:
         raise OutputError(f"{path}: cannot write a TREC run, missing column(s) {missing}; got {table.column_names}.")
-    table = table.select(list(_RUN_COLUMNS)).sort_by([(S.QUERY_ID, "ascending"), (S.RANK, "ascending")])
+    return table.select(list(_RUN_COLUMNS))
+
+
+def _lines(table: pa.Table, path: Any, tag: str) -> list[str]:
+    table = _run_columns(table, path)
     for name in _RUN_COLUMNS:
         if table.column(name).null_count:
             raise OutputError(f"{path}: column {name!r} holds {table.column(name).null_count} null(s); a TREC line needs every field.")
@@ -66,16 +73,31 @@ def write_trec_run(table_or_df: Any, path: str | os.PathLike[str], *, tag: str =
             # Whitespace would shift the fields and trec_eval would read another run.
             raise OutputError(f"{path}: ids must hold no whitespace for a TREC run, got query_id={qid!r} doc_id={docid!r}.")
         lines.append(f"{qid} Q0 {docid} {int(rank)} {float(score)!r} {tag}\n")
+    return lines
+
+
+def write_trec_batches(batches: Iterable[pa.Table], path: str | os.PathLike[str], *, tag: str = "dear") -> int:
+    """Write a TREC run from Arrow tables already in run order (query, then rank), one at a
+    time: the whole run is never held in memory (the Spark job streams its top-k here).
+
+    Same file handling, checks and return value as ``write_trec_run``.
+    """
+    if not tag or _WHITESPACE.search(tag):
+        raise OutputError(f"tag must be a non-empty word without whitespace, got {tag!r}.")
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     opener = gzip.open if path.endswith(".gz") else open
+    written = 0
     try:
         with opener(tmp, "wt", encoding="utf-8", newline="\n") as fh:
-            fh.writelines(lines)
+            for table in batches:
+                lines = _lines(table, path, tag)
+                fh.writelines(lines)
+                written += len(lines)
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write TREC run ({exc}).") from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return len(lines)
+    return written

@@ -180,7 +180,13 @@ def read_entries(
     if reader == "spark-delta":
         if not _spark_delta_table(spark, uri):
             return _empty_entries(spark)
-        return spark.read.format("delta").load(uri).where(F.col(SCORER_KEY) == scorer_key).select(*columns)
+        # Pinned to the version read now, as the deltalake readers are: re-evaluated later,
+        # the lookup must not see chunks this run committed since.
+        from delta.tables import DeltaTable
+
+        version = DeltaTable.forPath(spark, uri).history(1).select("version").collect()[0][0]
+        table = spark.read.format("delta").option("versionAsOf", version).load(uri)
+        return table.where(F.col(SCORER_KEY) == scorer_key).select(*columns)
     if reader not in ("files", "arrow"):
         raise CacheError(f"reader must be 'auto', 'spark-delta', 'files' or 'arrow', got {reader!r}.")
     table = check_cache(uri, storage_options=storage_options)

@@ -94,8 +94,11 @@ def _missing_rank(F: Any, play: Any) -> Any:
     return F.least(largest + place, F.lit(_INT_MAX))  # a rank near 2**31 must not overflow
 
 
-def candidate_status(candidates: Any, queries: Any, corpus: Any, *, depth: int) -> Any:
+def candidate_status(candidates: Any, queries: Any, corpus: Any, *, depth: int, carry: tuple[str, ...] = ()) -> Any:
     """Candidates with their texts and a ``drop_reason`` (null when the pair is to be scored).
+
+    ``carry`` names extra columns of ``queries`` or ``corpus`` to keep beside the texts (the
+    score cache's per-query and per-document hashes).
 
     A candidate without a first-stage rank gets one after every ranked candidate of its
     query (``_missing_rank``), in the first-stage order; the output, the tie-breaks of
@@ -121,8 +124,13 @@ def candidate_status(candidates: Any, queries: Any, corpus: Any, *, depth: int) 
     c = c.withColumn(DROP_REASON, F.when(in_play & (F.col(_POSITION) > depth), F.lit("beyond_depth")).otherwise(F.col(DROP_REASON)))
 
     # check_unique_ids has made sure repeated ids carry identical rows, so any one will do.
-    q = queries.filter(has_id(F.col(S.QUERY_ID))).select(S.QUERY_ID, S.QUERY, F.lit(True).alias("_has_query")).dropDuplicates([S.QUERY_ID])
-    d = corpus.filter(has_id(F.col(S.DOC_ID))).select(S.DOC_ID, S.TITLE, S.TEXT, F.lit(True).alias("_has_doc")).dropDuplicates([S.DOC_ID])
+    q_extra = [c for c in carry if c in queries.columns]
+    d_extra = [c for c in carry if c in corpus.columns]
+    missing = [c for c in carry if c not in q_extra + d_extra]
+    if missing:
+        raise ValueError(f"carry names {missing}, which neither the queries nor the corpus hold.")
+    q = queries.filter(has_id(F.col(S.QUERY_ID))).select(S.QUERY_ID, S.QUERY, *q_extra, F.lit(True).alias("_has_query")).dropDuplicates([S.QUERY_ID])
+    d = corpus.filter(has_id(F.col(S.DOC_ID))).select(S.DOC_ID, S.TITLE, S.TEXT, *d_extra, F.lit(True).alias("_has_doc")).dropDuplicates([S.DOC_ID])
     joined = c.join(q, S.QUERY_ID, "left").join(d, S.DOC_ID, "left")
     reason = (
         F.when(F.col(DROP_REASON).isNotNull(), F.col(DROP_REASON))
@@ -140,6 +148,8 @@ def candidate_status(candidates: Any, queries: Any, corpus: Any, *, depth: int) 
         S.FIRST_STAGE_RANK,
         S.FIRST_STAGE_SCORE,
         DROP_REASON,
+        *q_extra,
+        *d_extra,
     )
 
 
@@ -150,13 +160,10 @@ def within_depth(status: Any) -> Any:
     return status.filter(F.col(DROP_REASON).isNull() | F.col(DROP_REASON).isin(*TEXT_DROP_REASONS))
 
 
-def pairs_to_score(status: Any, *, partitions: int, char_cap: int | None = None) -> Any:
-    """The kept pairs, partitioned by query and sorted by (query, doc) inside each partition.
-
-    The sort makes every partition, and so every Arrow batch and micro-batch, the same
-    on a retry as on the first attempt. ``char_cap`` cuts texts that are longer than the
-    layout could ever use (megabyte documents), before they cross into Python.
-    """
+def kept_pairs(status: Any, *, char_cap: int | None = None) -> Any:
+    """The kept pairs, their texts cut at ``char_cap``: texts longer than the layout could
+    ever use (megabyte documents) are cut before they cross into Python. The score cache's
+    keys hash the texts after the same cut (``spark.cache``)."""
     from pyspark.sql import functions as F
 
     pairs = status.filter(F.col(DROP_REASON).isNull()).drop(DROP_REASON)
@@ -164,7 +171,21 @@ def pairs_to_score(status: Any, *, partitions: int, char_cap: int | None = None)
         pairs = pairs.withColumn(S.TEXT, F.substring(F.col(S.TEXT), 1, char_cap))
         pairs = pairs.withColumn(S.TITLE, F.substring(F.col(S.TITLE), 1, char_cap))
         pairs = pairs.withColumn(S.QUERY, F.substring(F.col(S.QUERY), 1, char_cap))
+    return pairs
+
+
+def for_scoring(pairs: Any, *, partitions: int) -> Any:
+    """Pairs partitioned by query and sorted by (query, doc) inside each partition.
+
+    The sort makes every partition, and so every Arrow batch and micro-batch, the same
+    on a retry as on the first attempt.
+    """
     return pairs.repartition(partitions, S.QUERY_ID).sortWithinPartitions(S.QUERY_ID, S.DOC_ID)
+
+
+def pairs_to_score(status: Any, *, partitions: int, char_cap: int | None = None) -> Any:
+    """``kept_pairs`` laid out ``for_scoring``."""
+    return for_scoring(kept_pairs(status, char_cap=char_cap), partitions=partitions)
 
 
 def top_k(scored: Any, *, k: int, run_id: str, model: str) -> Any:

@@ -35,6 +35,7 @@ class Run:
     info: ModelInfo
     summary: RunSummary
     started: float
+    cache: Any = None  # chunks.CacheTarget: where scores are cached, under which scorer key
     report_png: str | None = None  # the report figure, when the run is tracked
     persisted: list[Any] = field(default_factory=list)
 
@@ -92,7 +93,21 @@ def start(config: JobConfig, spark: Any = None) -> Run:
     if injected:  # tests only: a run with injected faults says so
         summary.settings["fault_injection"] = injected
     report_png = tracking.report_path(config.summary_path) if config.mlflow is not None else None
-    return Run(config=config, spark=spark, info=info, summary=summary, started=started, report_png=report_png)
+    cache = _cache_target(config, info, spark, summary)
+    return Run(config=config, spark=spark, info=info, summary=summary, started=started, cache=cache, report_png=report_png)
+
+
+def _cache_target(config: JobConfig, info: ModelInfo, spark: Any, summary: RunSummary) -> Any:
+    """Where this run caches its scores; a path holding anything but a score cache is refused now."""
+    from ..cache.table import check_cache
+    from .chunks import cache_target
+    from .session import has_spark_delta
+
+    target = cache_target(config, info)
+    if not has_spark_delta(spark):  # Spark's Delta checks the table when it reads it
+        check_cache(target.uri)
+    summary.cache, summary.cache_scratch, summary.scorer_key = target.uri, target.scratch, target.scorer_key
+    return target
 
 
 def _settings(config: JobConfig, info: ModelInfo) -> dict[str, Any]:
@@ -109,6 +124,8 @@ def _settings(config: JobConfig, info: ModelInfo) -> dict[str, Any]:
         "model_revision": info.revision,
         "max_drop_share": config.max_drop_share,
         "allow_empty": config.allow_empty,
+        "chunk_pairs": config.chunk_pairs,
+        "task_pairs": config.task_pairs,
     }
 
 
@@ -144,9 +161,14 @@ def join(run: Run, inputs: Inputs) -> Any:
     """Every candidate kept or dropped with a reason; refuses a run that keeps too little."""
     from .. import guards
     from . import stages
+    from .cache import DOC_HASH, QUERY_HASH, with_doc_hash, with_query_hash
 
+    cap = run.info.char_cap
     with run.stage("join"):
-        status = run.keep(stages.candidate_status(inputs.candidates, inputs.queries, inputs.corpus, depth=run.config.depth))
+        # Each query and each document is hashed once for the score cache, before the join.
+        queries, corpus = with_query_hash(inputs.queries, char_cap=cap), with_doc_hash(inputs.corpus, char_cap=cap)
+        status = stages.candidate_status(inputs.candidates, queries, corpus, depth=run.config.depth, carry=(QUERY_HASH, DOC_HASH))
+        status = run.keep(status)
         for row in status.groupBy(stages.DROP_REASON).count().collect():
             reason, count = row[stages.DROP_REASON], int(row["count"])
             if reason is None:
@@ -158,15 +180,15 @@ def join(run: Run, inputs: Inputs) -> Any:
 
 
 def score(run: Run, status: Any) -> Any:
-    """Score the kept pairs; refuses non-finite scores."""
+    """Score the kept pairs the cache lacks, chunk by chunk (``chunks.py``), and return them
+    with the cached ones; refuses non-finite scores."""
     from .. import guards
-    from . import stages
+    from ..cache.table import PAIR_KEY
+    from . import chunks, stages
     from .udf import CounterParam, ScoringSettings, score_pairs, worker_errors
 
     config, summary = run.config, run.summary
     with run.stage("score"):
-        partitions = config.scoring_partitions or run.spark.sparkContext.defaultParallelism
-        pairs = stages.pairs_to_score(status, partitions=partitions, char_cap=run.info.char_cap)
         counters = run.spark.sparkContext.accumulator({}, CounterParam())
         settings = ScoringSettings(
             spec=config.model,
@@ -175,15 +197,21 @@ def score(run: Run, status: Any) -> Any:
             max_tokens=config.max_tokens,
             expected_fingerprint=run.info.fingerprint,
         )
-        scored = run.keep(score_pairs(pairs, settings, counters))
+        split = chunks.lookup(run, chunks.keyed_pairs(status, char_cap=run.info.char_cap), run.cache)
+        summary.cache_hits, summary.cache_misses = split.hit_count, split.miss_count
+        kept = split.hit_count + split.miss_count
+        summary.cache_hit_rate = round(split.hit_count / kept, 6) if kept else 0.0
+        parts = chunks.score_misses(run, split, run.cache, lambda pairs: score_pairs(pairs, settings, counters, keep=(PAIR_KEY,)))
+        scored = chunks.union_all([split.hits, *parts])
         with worker_errors():  # a worker's refusal (no CUDA there, other files) in one line
             counts = stages.score_counts(scored)
         examples = counts.pop("non_finite_examples")
         for name, value in counts.items():
             setattr(summary, name, value)
+        summary.pairs_scored = counts["pairs_scored"] - split.hit_count  # the hits are not scored again
         for name in ("model_loads", "oom_splits", "real_tokens", "computed_tokens", "tasks_without_gpu"):
             setattr(summary, name, int(counters.value.get(name, 0)))
-    seconds = summary.stage_seconds["score"]
+    seconds = sum(chunk["seconds"] for chunk in summary.chunks)
     summary.pairs_per_second = round(summary.pairs_scored / seconds, 2) if seconds else 0.0
     _warn_about_scoring(summary, config.layout.pooling)
     guards.check_scored(summary, examples=examples)
@@ -267,7 +295,8 @@ def write_last(run: Run, top: Any) -> None:
     commit leaves the table, the TREC file and the summary as they were.
     """
     from ..io.staged import StagedFile
-    from ..io.trec import write_trec_run
+    from ..io.trec import write_trec_batches
+    from .chunks import remove_cache
     from .write import write_output
 
     config, summary = run.config, run.summary
@@ -276,11 +305,33 @@ def write_last(run: Run, top: Any) -> None:
         trec_file = stack.enter_context(StagedFile(config.trec_out)) if config.trec_out else None
         if trec_file is not None:
             tag = "dear-" + re.sub(r"\s", "_", config.run_id)  # a TREC tag is one word; a run id may hold spaces
-            write_trec_run(top.select(S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE).toArrow(), trec_file.tmp, tag=tag)
+            write_trec_batches(_in_run_order(top), trec_file.tmp, tag=tag)
         with run.stage("write"):
             summary.write = write_output(top, output=config.output, fmt=config.format, run_id=config.run_id)
+        if run.cache.scratch:  # the output holds the night now; a rerun has nothing to resume
+            remove_cache(run.spark, run.cache.uri)
         if trec_file is not None:
             trec_file.publish()
         summary.wall_seconds = round(time.perf_counter() - run.started, 3)
         summary_file.write_text(summary.to_json())
         summary_file.publish()
+
+
+TREC_ROWS_PER_BATCH = 10_000
+
+
+def _in_run_order(top: Any):
+    """The top-k as Arrow tables in TREC order (query, then rank), streamed to the driver
+    one partition at a time: at 10^6 queries the whole run would not fit in its memory."""
+    import pyarrow as pa
+
+    columns = (S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE)
+    rows = top.select(*columns).orderBy(S.QUERY_ID, S.RANK).toLocalIterator(prefetchPartitions=True)
+    batch: list[Any] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == TREC_ROWS_PER_BATCH:
+            yield pa.table({c: [r[i] for r in batch] for i, c in enumerate(columns)})
+            batch = []
+    if batch:
+        yield pa.table({c: [r[i] for r in batch] for i, c in enumerate(columns)})

@@ -74,7 +74,7 @@ def whole_queries(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]
         yield carry
 
 
-def make_scoring_function(settings: ScoringSettings, counters: Any = None):
+def make_scoring_function(settings: ScoringSettings, counters: Any = None, keep: tuple[str, ...] = ()):
     """Return the ``mapInArrow`` function for ``settings``.
 
     Args:
@@ -82,6 +82,7 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
         counters: optional Spark accumulator built with ``CounterParam``; receives
             ``model_loads``, ``tasks_without_gpu``, ``oom_splits``, ``real_tokens`` and
             ``computed_tokens`` from every task attempt.
+        keep: string columns of the pairs passed through after the scores (``pair_key``).
     """
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -91,7 +92,7 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None):
         before = scorer.stats.as_dict()
         hooks.at("scoring-start", scorer=scorer)
         try:
-            for out in _scored_batches(scorer, batches):
+            for out in _scored_batches(scorer, batches, keep):
                 yield out
                 hooks.at("batch-scored", batch=out)
             hooks.at("partition-scored")
@@ -139,9 +140,17 @@ def _task_scorer(settings: ScoringSettings) -> tuple[Any, bool, bool]:
     return scorer, loaded_now, has_gpu
 
 
-def _scored_batches(scorer: Any, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def _output_schema(keep: tuple[str, ...]) -> pa.Schema:
+    schema = S.SCORED_PAIRS_SCHEMA
+    for name in keep:
+        schema = schema.append(pa.field(name, pa.string()))
+    return schema
+
+
+def _scored_batches(scorer: Any, batches: Iterator[pa.RecordBatch], keep: tuple[str, ...] = ()) -> Iterator[pa.RecordBatch]:
     """Score whole queries per call; each input batch comes back with its scores."""
     kept: list[pa.RecordBatch] = []
+    schema = _output_schema(keep)
 
     def chunks():
         for batch in whole_queries(batches):
@@ -154,19 +163,20 @@ def _scored_batches(scorer: Any, batches: Iterator[pa.RecordBatch]) -> Iterator[
             pa.array(scores, type=pa.float32()),
             pa.array(pairs.pooled_early, type=pa.bool_()),
             pa.array(pairs.pooled_in_query, type=pa.bool_()),
-        ]
-        yield pa.RecordBatch.from_arrays(arrays, schema=S.SCORED_PAIRS_SCHEMA)
+        ] + [batch.column(name) for name in keep]
+        yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def score_pairs(pairs: Any, settings: ScoringSettings, counters: Any = None) -> Any:
+def score_pairs(pairs: Any, settings: ScoringSettings, counters: Any = None, *, keep: tuple[str, ...] = ()) -> Any:
     """Score a DataFrame of pairs (query_id, doc_id, query, title, text, first-stage columns).
 
     Returns a DataFrame of ``schema.SCORED_PAIRS_SCHEMA``: the carried columns, ``score`` and
-    where each pair was pooled (``pooled_early``, ``pooled_in_query``).
+    where each pair was pooled (``pooled_early``, ``pooled_in_query``); then the ``keep``
+    columns of ``pairs`` (strings), unchanged.
     """
     from ..schema import spark_schema
 
-    return pairs.mapInArrow(make_scoring_function(settings, counters), spark_schema(S.SCORED_PAIRS_SCHEMA))
+    return pairs.mapInArrow(make_scoring_function(settings, counters, keep), spark_schema(_output_schema(keep)))
 
 
 # The last line of a worker's traceback when it raised one of this package's errors.

@@ -25,6 +25,9 @@ on a cluster, or ``SparkContext.environment`` before the job builds its scoring 
 - ``pause-before-commit:SEC`` (driver): after the run's Parquet files are written and
   before the Delta commit, the driver writes a marker and sleeps SEC seconds, so a test
   can SIGKILL it at exactly that point.
+- ``kill-after-chunk:K`` (driver): once chunk K of the scoring has been committed to the
+  score cache, the driver writes a marker (``chunk-committed-...json``, with the chunk and
+  the number of chunks) and SIGKILLs itself: a night that dies part-way.
 
 ``DEAR_RERANK_FAULT_DIR``, when set, is a folder where every scoring attempt and every
 fault that fires leaves a small JSON file (``<event>-p<partition>-a<attempt>-<pid>.json``),
@@ -43,12 +46,14 @@ from typing import Any
 from ..hooks import ENV
 
 DIR_ENV = "DEAR_RERANK_FAULT_DIR"
+DRIVER_MODES = ("pause-before-commit", "kill-after-chunk")
 MODES = (
     "fail-first-attempt",
     "kill-worker-first-attempt",
     "sleep-once",
     "oom-over",
     "pause-before-commit",
+    "kill-after-chunk",
 )
 
 
@@ -72,7 +77,7 @@ def parse(value: str) -> list[Fault]:
         mode, _, arg = spec.partition(":")
         if mode not in MODES:
             raise ValueError(f"{ENV}: unknown fault {mode!r} in {value!r}; known: {MODES}.")
-        needs_arg = mode in ("sleep-once", "oom-over", "pause-before-commit")
+        needs_arg = mode in ("sleep-once", "oom-over", "pause-before-commit", "kill-after-chunk")
         if needs_arg and not arg:
             raise ValueError(f"{ENV}: fault {mode!r} needs a value, e.g. {mode}:5, got {item!r}.")
         faults.append(Fault(mode, float(arg) if arg else None, int(where) if where else None))
@@ -190,7 +195,7 @@ def _start_task(value: str) -> TaskFaults | None:
     context = TaskContext.get()
     if context is None:
         raise RuntimeError("scoring hooks run on executors only, inside a Spark task.")
-    faults = [f for f in parse(value) if f.mode != "pause-before-commit"]
+    faults = [f for f in parse(value) if f.mode not in DRIVER_MODES]
     if not faults:
         return None
     return TaskFaults(faults, context.partitionId(), context.attemptNumber(), context.stageId())
@@ -203,11 +208,20 @@ def _pause(name: str, value: str, payload: dict[str, Any]) -> None:
             time.sleep(float(fault.arg or 0))
 
 
+def _kill_after_chunk(value: str, context: dict[str, Any]) -> None:
+    for fault in parse(value):
+        if fault.mode == "kill-after-chunk" and int(fault.arg or 0) == context["chunk"]:
+            _record("chunk-committed", None, None, {"chunk": context["chunk"], "chunks": context["chunks"]})
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def at(point: str, value: str, **context: Any) -> None:
     """What ``dear_udf.hooks.at(point, ...)`` does when ``value`` (the setting) is given."""
     global _task
     if point == "before-commit":
         _pause("before-commit", value, context)
+    elif point == "chunk-committed":
+        _kill_after_chunk(value, context)
     elif point == "scoring-start":
         _task = _start_task(value)
         if _task is not None:
