@@ -238,10 +238,10 @@ class Lookup(NamedTuple):
     added; ``misses``: the pairs not found, columns unchanged. Both lazy: persist ``pairs``
     (and ``cached``) when both are used.
 
-    Materialize both (persist and count, or checkpoint) before the first chunk commits:
-    the deltalake readers fix the table's files at the call, but Spark's Delta reader may
-    see a newer version when re-evaluated, and a pair committed by this run's own chunks
-    would then turn up among the hits as well as among the new scores."""
+    Every reader fixes the table version at the call (the deltalake readers its files,
+    Spark's Delta reader ``versionAsOf``), so a re-evaluated lookup never finds this run's
+    own chunk commits among its hits; persist both so the cache is not read twice
+    (``spark.chunks.lookup``)."""
 
     hits: Any
     misses: Any

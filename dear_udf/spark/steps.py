@@ -136,10 +136,12 @@ def read_inputs(run: Run) -> Inputs:
 
     config, summary = run.config, run.summary
     with run.stage("read"):
+        # Each input is read (and a text format parsed) once: the counts below, the
+        # duplicate-id checks, the join and the top-k's query counts all reuse it.
         inputs = Inputs(
-            queries=read.read_input(run.spark, config.queries, "queries"),
-            corpus=read.read_input(run.spark, config.corpus, "corpus"),
-            candidates=read.read_input(run.spark, config.candidates, "candidates"),
+            queries=run.keep(read.read_input(run.spark, config.queries, "queries")),
+            corpus=run.keep(read.read_input(run.spark, config.corpus, "corpus")),
+            candidates=run.keep(read.read_input(run.spark, config.candidates, "candidates")),
         )
         for name, df, text_cols, id_col in (
             ("queries", inputs.queries, (S.QUERY,), S.QUERY_ID),
