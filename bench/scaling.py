@@ -313,19 +313,19 @@ def spark_runs(
     inspect_model(ModelSpec(**model))  # what run_job does first on the driver
     inspect_seconds = time.perf_counter() - start
 
-    cores = cores(args.spark_master)
+    n_cores = cores(args.spark_master)
     with sampler.window() as w:
         start = time.perf_counter()
         spark = get_session(
             master=args.spark_master,
-            conf={"spark.sql.shuffle.partitions": str(cores)},
+            conf={"spark.sql.shuffle.partitions": str(n_cores)},
             arrow_batch_size=args.arrow_batch_size,
         )
         session_seconds = time.perf_counter() - start
     conf = spark.sparkContext.getConf()
     out: dict[str, Any] = {
         "master": args.spark_master,
-        "cores": cores,
+        "cores": n_cores,
         # The JVM's heap is bounded by this (local mode: driver and executor in one JVM).
         "driver_memory": conf.get("spark.driver.memory", "1g (Spark's default)"),
         "session_start_seconds": round(session_seconds, 3),
