@@ -144,7 +144,7 @@ def test_demo_and_a_tracked_run_from_the_wheel_print_cleanly(fresh, monkeypatch)
     # The stages as they finish, the summary with the bad rows counted, the metrics, top results.
     for step in ("read", "join", "score", "topk", "write", "evaluate"):
         assert re.search(rf"^\d\d:\d\d:\d\d {step} done in \d", output, re.M), step
-    assert "candidates read=2008 scored=2000 dropped=8 accounted=True" in output
+    assert "candidates read=2008 scored=2000 cached=0 dropped=8 accounted=True" in output
     for reason, count in (("doc_id_not_in_corpus", 2), ("duplicate_candidate", 1), ("empty_query_text", 5)):
         assert f"  dropped {reason}: {count}\n" in output
     assert "queries with nothing to rank: 1\n" in output
@@ -178,7 +178,7 @@ def test_demo_and_a_tracked_run_from_the_wheel_print_cleanly(fresh, monkeypatch)
     assert run.returncode == 0, output
     for noise in NOISE:
         assert noise not in output, f"{noise!r} in the output of run:\n{output}"
-    assert "score done in" in output and "candidates read=144 scored=144 dropped=0 accounted=True" in output
+    assert "score done in" in output and "candidates read=144 scored=144 cached=0 dropped=0 accounted=True" in output
     summary = json.loads(summary_path.read_text())
     assert summary["format"] == "delta" and summary["run_id"] == "wheel" and summary["accounted"]
     # The packaged profile applied: its master (no --master given) and its top_k of 10.
@@ -200,6 +200,7 @@ def _check_mlflow(uri, summary, summary_path, qrels):
     assert params["qrels"] == str(qrels)
     metrics = run.data.metrics
     assert metrics["pairs_scored"] == summary["pairs_scored"] == 144
+    assert (metrics["cache_hits"], metrics["cache_misses"]) == (0, 144)
     assert metrics["output_rows"] == 120 and metrics["candidates_dropped"] == 0
     assert metrics["pairs_per_second"] == pytest.approx(summary["pairs_per_second"])
     assert metrics["seconds.score"] == pytest.approx(summary["stage_seconds"]["score"])
