@@ -4,10 +4,12 @@ Faults are injected with ``dear_udf.testing.faults`` (``DEAR_RERANK_TEST_HOOKS``
 leaves a marker for every scoring attempt and every fault fired in ``DEAR_RERANK_FAULT_DIR``;
 each test checks the markers, so it fails if the fault silently did not happen.
 
-- a scoring task failing on its first attempt, and a Python worker killed mid-partition:
+- a scoring task failing on its first attempt, and a Python worker killed mid-partition
+  (one run, one fault per partition):
   Spark retries them (``local[2,3]``, in a subprocess with its own SparkContext, since the
   shared ``spark`` fixture is ``local[2]`` and never retries);
-- an executor JVM killed during the scoring stage on a standalone cluster on 127.0.0.1;
+- an executor JVM killed during the scoring stage of ``spark-submit`` on a standalone cluster
+  on 127.0.0.1 (``tests/cluster.py``): the output still equals local mode's, row for row;
 - the driver killed after writing its files and before the Delta commit: the table is as
   before, and a rerun completes it; rerunning again changes nothing;
 - CUDA out-of-memory errors (faked on CPU): the scorer halves its micro-batches and the
@@ -125,65 +127,81 @@ def data(tmp_path_factory):
 # -- task retries: local[2,3] in a subprocess ---------------------------------------------
 
 
+def _clean_values(data, model, output, **extra):
+    """The runs the faulty ones are compared with: every pair kept (top-12 of 12), two scoring
+    partitions, Arrow batches of 16: the same micro-batches, so the same scores, bit for bit."""
+    return _values(data["paths"], model, output, top_k=12, scoring_partitions=2, **extra)
+
+
+@pytest.fixture(scope="module")
+def clean(spark, tiny_models, data, tmp_path_factory):
+    """A failure-free run in the shared session: the reference of the retry and OOM tests."""
+    from dear_udf.config import build_job_config
+    from dear_udf.spark.job import run_job
+
+    out = tmp_path_factory.mktemp("clean") / "out"
+    summary = run_job(build_job_config(_clean_values(data, tiny_models["index227"], out)), spark=spark)
+    return summary.as_dict(), _rows(out)
+
+
 @pytest.fixture(scope="module")
 def retried(tiny_models, data, tmp_path_factory):
-    """One subprocess, three runs of the same job: clean, failing tasks, killed workers."""
+    """One subprocess, one run: scoring partition 0 fails on its first attempt while partition
+    1's Python worker is killed on its first. (One faulty run, not one per fault, and the clean
+    reference from the shared session: each run of a fresh Spark costs half a minute of CI.)"""
     tmp = tmp_path_factory.mktemp("retries")
-    runs = []
-    for name, fault in (("clean", None), ("fail", "fail-first-attempt"), ("kill", "kill-worker-first-attempt")):
-        runs.append(
-            {
-                "name": name,
-                "fault": fault,
-                "fault_dir": str(tmp / f"faults-{name}"),
-                "config": _values(data["paths"], tiny_models["index227"], tmp / f"out-{name}", scoring_partitions=2),
-            }
-        )
-    spec = _spec(tmp, "local[2,3]", runs)  # 3 attempts per task
+    faults = tmp / "faults"
+    run = {
+        "name": "faulty",
+        "fault": "fail-first-attempt@0,kill-worker-first-attempt@1",
+        "fault_dir": str(faults),
+        "config": _clean_values(data, tiny_models["index227"], tmp / "out"),
+    }
+    spec = _spec(tmp, "local[2,3]", [run])  # 3 attempts per task
     (tmp / "spec.json").write_text(json.dumps(spec))
     command, options = _python([str(tmp / "spec.json")])
     done = subprocess.run(command, capture_output=True, text=True, timeout=480, **options)
     assert done.returncode == 0, done.stderr[-6000:]
-    return tmp, json.loads((tmp / "result.json").read_text())
+    return faults, json.loads((tmp / "result.json").read_text())["faulty"], _rows(tmp / "out")
 
 
-def _assert_same_as_clean(tmp: Path, results: dict, name: str) -> None:
-    clean, faulty = results["clean"], results[name]
+def _assert_same_as_clean(retried, clean) -> None:
+    _, faulty, rows = retried
+    summary, clean_rows = clean
     assert faulty["accounted"] and faulty["queries_accounted"]
     for key in ("candidates_read", "pairs_scored", "dropped", "output_rows", "output_queries"):
-        assert faulty[key] == clean[key], key
-    assert faulty["pairs_scored"] == 144
-    assert _rows(tmp / f"out-{name}") == _rows(tmp / "out-clean")
+        assert faulty[key] == summary[key], key
+    assert faulty["pairs_scored"] == 144 and len(rows) == 144
+    assert rows == clean_rows
 
 
-def test_failed_scoring_task_is_retried_and_output_is_identical(retried):
-    tmp, results = retried
-    faults = tmp / "faults-fail"
-    assert results["fail"]["settings"]["fault_injection"] == "fail-first-attempt"
-    for p in (0, 1):
-        # The fault fired on attempt 0 of both partitions, each was retried once, and the
-        # retry scored every pair exactly as the failed attempt had (same batches).
-        assert _markers(faults, f"fail-p{p}-a0-*.json"), sorted(os.listdir(faults))
-        assert _markers(faults, f"attempt-p{p}-a1-*.json")
-        assert not _markers(faults, f"attempt-p{p}-a2-*.json")
-        (first,) = _markers(faults, f"scores-p{p}-a0-*.json")
-        (second,) = _markers(faults, f"scores-p{p}-a1-*.json")
-        assert first["batches"] > 1 and first["scores"] and first["scores"] == second["scores"]
-    _assert_same_as_clean(tmp, results, "fail")
+def test_failed_scoring_task_is_retried_and_output_is_identical(retried, clean):
+    faults, faulty, _ = retried
+    assert faulty["settings"]["fault_injection"] == "fail-first-attempt@0,kill-worker-first-attempt@1"
+    # The fault fired on attempt 0 of partition 0, which was retried once, and the retry
+    # scored every pair exactly as the failed attempt had (same batches).
+    assert _markers(faults, "fail-p0-a0-*.json"), sorted(os.listdir(faults))
+    assert not _markers(faults, "fail-p1-*.json")
+    assert _markers(faults, "attempt-p0-a1-*.json")
+    assert not _markers(faults, "attempt-p0-a2-*.json")
+    (first,) = _markers(faults, "scores-p0-a0-*.json")
+    (second,) = _markers(faults, "scores-p0-a1-*.json")
+    assert first["batches"] > 1 and first["scores"] and first["scores"] == second["scores"]
+    _assert_same_as_clean(retried, clean)
 
 
-def test_killed_python_worker_is_retried_and_output_is_identical(retried):
-    tmp, results = retried
-    faults = tmp / "faults-kill"
-    for p in (0, 1):
-        (kill,) = _markers(faults, f"kill-p{p}-a0-*.json")
-        with pytest.raises(ProcessLookupError):
-            os.kill(kill["pid"], 0)  # that worker is gone
-        (retry,) = _markers(faults, f"scores-p{p}-a1-*.json")
-        assert retry["pid"] != kill["pid"]
-        # What the killed worker had already handed over equals the retry's start.
-        assert kill["scores"] and retry["scores"][: len(kill["scores"])] == kill["scores"]
-    _assert_same_as_clean(tmp, results, "kill")
+def test_killed_python_worker_is_retried_and_output_is_identical(retried, clean):
+    faults, _, _ = retried
+    (kill,) = _markers(faults, "kill-p1-a0-*.json")
+    assert not _markers(faults, "kill-p0-*.json")
+    with pytest.raises(ProcessLookupError):
+        os.kill(kill["pid"], 0)  # that worker is gone
+    (retry,) = _markers(faults, "scores-p1-a1-*.json")
+    assert retry["pid"] != kill["pid"]
+    # What the killed worker had already handed over equals the retry's start.
+    assert kill["scores"] and retry["scores"][: len(kill["scores"])] == kill["scores"]
+    assert not _markers(faults, "attempt-p1-a2-*.json")
+    _assert_same_as_clean(retried, clean)
 
 
 # -- an executor lost on a standalone cluster ----------------------------------------------
@@ -206,7 +224,16 @@ def _ancestors(pid: int) -> list[int]:
     return chain
 
 
+@pytest.mark.cluster
 def test_executor_lost_during_scoring_is_survived(spark, tiny_models, data, tmp_path):
+    """``spark-submit jobs/rerank.py`` on a standalone master with two workers on 127.0.0.1
+    equals the local-mode run row for row, even though one executor dies mid-stage.
+
+    This is also the suite's one standalone-cluster run (the job as a cluster runs it: a
+    driver submitted by ``spark-submit``, executor JVMs, worker-side Python): a second,
+    failure-free submission cost another two minutes of CI and proved nothing this one
+    does not.
+    """
     from dear_udf.config import build_job_config
     from dear_udf.spark.job import run_job
 
@@ -242,10 +269,12 @@ def test_executor_lost_during_scoring_is_survived(spark, tiny_models, data, tmp_
     done = result[0]
     assert done.returncode == 0, done.stderr[-6000:]
     assert "accounted=True" in done.stdout
+    assert "scored=144" in done.stdout
     assert "Lost executor" in done.stderr or "ExecutorLostFailure" in done.stderr
     # Partition 0 was scored again after its first task died with the executor.
     attempts = _markers(faults, "attempt-p0-*.json")
     assert len(attempts) >= 2 and len({a["pid"] for a in attempts}) == len(attempts)
+    assert len(_rows(cluster_out)) == 12 * 5
     assert _rows(cluster_out) == _rows(local_out)
 
 
@@ -311,27 +340,26 @@ def test_driver_killed_before_commit_leaves_table_unchanged_and_rerun_completes(
 # -- CUDA out of memory, faked on CPU ------------------------------------------------------
 
 
-def test_oom_splits_reach_the_summary_and_scores_stay_equal(spark, tiny_models, data, tmp_path):
+def test_oom_splits_reach_the_summary_and_scores_stay_equal(spark, tiny_models, data, clean, tmp_path):
     from dear_udf.config import build_job_config
     from dear_udf.spark.job import run_job
 
-    model = tiny_models["index227"]
-    clean = run_job(build_job_config(_values(data["paths"], model, tmp_path / "clean", top_k=12)), spark=spark)
     env = spark.sparkContext.environment
     env[ENV], env[DIR_ENV] = "oom-over:4", str(tmp_path / "faults")
     try:
-        summary = run_job(build_job_config(_values(data["paths"], model, tmp_path / "oom", top_k=12)), spark=spark)
+        summary = run_job(build_job_config(_clean_values(data, tiny_models["index227"], tmp_path / "oom")), spark=spark)
     finally:
         env.pop(ENV, None)
         env.pop(DIR_ENV, None)
-    assert clean.oom_splits == 0
+    reference, clean_rows = clean
+    assert reference["oom_splits"] == 0
     injected = sum(m["ooms"] for m in _markers(tmp_path / "faults", "scores-*.json"))
     # Each injected OOM on a batch of more than one pair is exactly one split.
     assert summary.oom_splits == injected > 0
     assert summary.settings["fault_injection"] == "oom-over:4"
-    assert summary.pairs_scored == clean.pairs_scored == 144
+    assert summary.pairs_scored == reference["pairs_scored"] == 144
     got = {(r[0], r[1]): r[3] for r in _rows(tmp_path / "oom")}
-    want = {(r[0], r[1]): r[3] for r in _rows(tmp_path / "clean")}
+    want = {(r[0], r[1]): r[3] for r in clean_rows}
     assert got.keys() == want.keys()
     assert max(abs(got[k] - want[k]) for k in want) <= TOL
 
