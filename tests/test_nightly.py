@@ -188,6 +188,49 @@ def test_a_scorer_change_gets_no_hits(tiny_models, filled, tmp_path, change):
     assert read_entries(str(filled["cache"]), filled["base"].scorer_key).num_rows == filled["pairs"]
 
 
+def test_a_query_pooled_inside_the_query_ties_across_cached_and_new_scores(spark, tiny_models, small, tmp_path):
+    """Every candidate of a query pooled inside the query gets one score (DeAR reads the same
+    ids for each), so they rank by first-stage rank. The cache holds that query's scores as
+    another night's batches gave them: here their last digits differ, as a GPU's may. A night
+    where one of its documents changed must still tie them, and equal an uncached run."""
+    from deltalake import DeltaTable, write_deltalake
+
+    queries = small["queries"].to_pylist()
+    for row in queries:
+        if row["query_id"] == "q0":
+            row["query"] += "! now"  # "!" is the pad id: pooled before it, on the query alone
+    paths = dict(small["paths"], queries=str(tmp_path / "queries.parquet"))
+    pq.write_table(pa.Table.from_pylist(queries, schema=small["queries"].schema), paths["queries"])
+    model, cache = tiny_models["index227"], tmp_path / "cache"
+    first = _run(spark, paths, model, tmp_path / "n1", cache=str(cache), run_id="n1")
+    assert first.queries_pooled_in_query_examples == ["q0"]
+
+    ranks = {c["doc_id"]: c["first_stage_rank"] for c in small["candidates"].to_pylist() if c["query_id"] == "q0"}
+    table = DeltaTable(str(cache)).to_pyarrow_table()
+    entries = table.to_pylist()
+    for e in entries:  # later first-stage ranks a little higher: noise that would reverse them
+        if e[S.QUERY_ID] == "q0":
+            e[S.SCORE] += ranks[e[S.DOC_ID]] * 1e-3
+    write_deltalake(str(cache), pa.Table.from_pylist(entries, schema=table.schema), mode="overwrite")
+
+    changed = max(ranks, key=ranks.get)
+    corpus = small["corpus"].to_pylist()
+    for row in corpus:
+        if row["doc_id"] == changed:
+            row["text"] += " changed tonight"
+    paths["corpus"] = str(tmp_path / "corpus.parquet")
+    pq.write_table(pa.Table.from_pylist(corpus, schema=small["corpus"].schema), paths["corpus"])
+
+    cached = _run(spark, paths, model, tmp_path / "n2", cache=str(cache), run_id="n2")
+    assert cached.cache_misses >= 1 and cached.cache_hits >= len(ranks) - 1
+    uncached = _run(spark, paths, model, tmp_path / "fresh", run_id="n2")
+    got, want = _output(tmp_path / "n2", "n2"), _output(tmp_path / "fresh", "n2")
+    q0 = {doc: got[("q0", doc)] for doc in ranks}
+    assert len({score for _, score in q0.values()}) == 1  # one score, exactly
+    assert sorted(q0, key=lambda doc: q0[doc][0]) == sorted(ranks, key=ranks.get)  # first-stage order
+    _assert_same_output(got, want)
+
+
 # -- refusals and the scratch cache ---------------------------------------------------------
 
 

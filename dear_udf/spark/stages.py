@@ -209,6 +209,23 @@ def top_k(scored: Any, *, k: int, run_id: str, model: str) -> Any:
     )
 
 
+def tie_pooled_in_query(scored: Any) -> Any:
+    """One score for all the pairs of a query pooled inside the query (the lowest of theirs).
+
+    Such pairs read the same ids up to the pooled position, whatever their document, so
+    DeAR gives them one score and they tie, ranked by first-stage rank. One scorer call
+    computes them once (``Scorer.score_ids``); pairs served from the cache were scored on
+    other nights, in other batches, where a GPU's last bits may differ: without this, a
+    night mixing cached and new pairs of such a query would rank them by noise.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    in_query = F.col(S.POOLED_IN_QUERY)
+    shared = F.min(F.when(in_query, F.col(S.SCORE))).over(Window.partitionBy(S.QUERY_ID))
+    return scored.withColumn(S.SCORE, F.when(in_query, shared).otherwise(F.col(S.SCORE)))
+
+
 POOLED_IN_QUERY_LISTED = 10  # query ids named in the summary and the warning; all are counted
 
 

@@ -210,6 +210,8 @@ def score(run: Run, status: Any) -> Any:
         examples = counts.pop("non_finite_examples")
         for name, value in counts.items():
             setattr(summary, name, value)
+        if summary.queries_pooled_in_query:  # their cached and new scores tie, as DeAR's do
+            scored = stages.tie_pooled_in_query(scored)
         summary.pairs_scored = counts["pairs_scored"] - split.hit_count  # the hits are not scored again
         for name in ("model_loads", "oom_splits", "real_tokens", "computed_tokens", "tasks_without_gpu"):
             setattr(summary, name, int(counters.value.get(name, 0)))
