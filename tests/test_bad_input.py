@@ -335,7 +335,7 @@ def test_integer_ids_everywhere_are_strings(spark, tiny_models, tmp_path):
 
 def test_conflicting_duplicate_ids_are_refused_by_name(spark, tiny_models, tmp_path):
     from dear_udf.spark.job import run_job
-    from dear_udf.spark.stages import check_unique_ids
+    from dear_udf.spark.profile import collect_row, duplicate_ids, refuse_conflicts
 
     data = write_inputs(tmp_path / "inputs", queries=3, docs=10, per_query=3)
     corpus = data["corpus"].to_pylist()
@@ -348,7 +348,9 @@ def test_conflicting_duplicate_ids_are_refused_by_name(spark, tiny_models, tmp_p
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.bad-1.summary.json").exists()
     # The identical repeat alone is collapsed and counted; rows without an id are left out.
     df = spark.createDataFrame([("a", "x"), ("a", "x"), ("b", "y"), (None, "p"), (None, "q"), (" ", "r")], "query_id string, query string")
-    assert check_unique_ids(df, S.QUERY_ID, [S.QUERY], "queries") == 1
+    counts = collect_row([duplicate_ids(df, "queries", S.QUERY_ID, [S.QUERY])])
+    assert counts == {"queries_collapsed": 1, "queries_conflicts": 0}
+    refuse_conflicts(df, S.QUERY_ID, [S.QUERY], conflicts=counts["queries_conflicts"], path="queries")  # no error
 
 
 @pytest.mark.parametrize(

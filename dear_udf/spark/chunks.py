@@ -104,12 +104,16 @@ class Split:
 
 def lookup(run: Any, pairs: Any, target: CacheTarget) -> Split:
     """Hits and misses, persisted and counted before any chunk commits."""
+    from pyspark.sql import functions as F
+
     from .cache import lookup as cache_lookup
+    from .profile import collect_row
 
     found = cache_lookup(pairs, uri=target.uri, scorer_key=target.scorer_key)
     hits = run.keep(scored_columns(found.hits))
     misses = run.keep(found.misses)
-    return Split(hits=hits, misses=misses, hit_count=hits.count(), miss_count=misses.count())
+    counts = collect_row([hits.agg(F.count(F.lit(1)).alias("hits")), misses.agg(F.count(F.lit(1)).alias("misses"))])
+    return Split(hits=hits, misses=misses, hit_count=counts["hits"], miss_count=counts["misses"])
 
 
 def _eta(seconds: float) -> str:

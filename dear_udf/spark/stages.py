@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 from .. import schema as S
-from ..exceptions import InputError
 
 DROP_REASON = "drop_reason"
 # Decided after the depth cut, on the texts: these candidates are still in the first-stage
@@ -52,33 +51,6 @@ def has_id(column: Any) -> Any:
     from pyspark.sql import functions as F
 
     return ~_blank(F, column)
-
-
-def check_unique_ids(df: Any, id_column: str, value_columns: list[str], path: str) -> int:
-    """Enforce the duplicate-id rule of queries and corpus; returns duplicate rows collapsed.
-
-    Rows repeating an id with identical content are collapsed (counted). An id whose
-    rows disagree is an error naming up to ten such ids: there is no right text to pick.
-    Rows without an id cannot be joined to any candidate and are left out here (the job
-    counts them as ``rows_without_id``).
-    """
-    from pyspark.sql import functions as F
-
-    df = df.filter(has_id(F.col(id_column)))
-    content = F.sha2(F.to_json(F.struct(*[F.col(c) for c in value_columns])), 256)
-    groups = df.groupBy(id_column).agg(F.count(F.lit(1)).alias("n"), F.countDistinct(content).alias("versions"))
-    dup = groups.filter(F.col("n") > 1)
-    row = dup.agg(
-        F.sum(F.col("n") - 1).alias("collapsed"),
-        F.sum(F.when(F.col("versions") > 1, 1).otherwise(0)).alias("conflicts"),
-    ).collect()[0]
-    if row["conflicts"]:
-        ids = [r[id_column] for r in dup.filter(F.col("versions") > 1).limit(10).collect()]
-        raise InputError(
-            f"{path}: {row['conflicts']} {id_column}(s) appear with different contents, e.g. {ids}; "
-            "deduplicate the input (identical repeated rows are accepted)."
-        )
-    return int(row["collapsed"] or 0)
 
 
 def _missing_rank(F: Any, play: Any) -> Any:
@@ -123,7 +95,7 @@ def candidate_status(candidates: Any, queries: Any, corpus: Any, *, depth: int, 
     c = c.withColumn(S.FIRST_STAGE_RANK, F.coalesce(F.col(S.FIRST_STAGE_RANK), _missing_rank(F, play)).cast("int"))
     c = c.withColumn(DROP_REASON, F.when(in_play & (F.col(_POSITION) > depth), F.lit("beyond_depth")).otherwise(F.col(DROP_REASON)))
 
-    # check_unique_ids has made sure repeated ids carry identical rows, so any one will do.
+    # The read step has made sure repeated ids carry identical rows (profile.refuse_conflicts), so any one will do.
     q_extra = [c for c in carry if c in queries.columns]
     d_extra = [c for c in carry if c in corpus.columns]
     missing = [c for c in carry if c not in q_extra + d_extra]
@@ -207,6 +179,37 @@ def top_k(scored: Any, *, k: int, run_id: str, model: str) -> Any:
         F.lit(run_id).alias(S.RUN_ID),
         F.lit(model).alias(S.MODEL),
     )
+
+
+def _query_ids(df: Any, flag: str) -> Any:
+    from pyspark.sql import functions as F
+
+    return df.select(S.QUERY_ID).where(has_id(F.col(S.QUERY_ID))).distinct().withColumn(flag, F.lit(True))
+
+
+def query_counts(top: Any, *, candidates: Any, queries: Any, scored: Any) -> Any:
+    """One row accounting for every query: ``output_rows`` and ``output_queries`` of the
+    top-k; ``queries_in_candidates``; ``queries_without_candidates``, queries with no
+    candidate row at all; ``queries_with_nothing_to_rank``, queries of the candidates
+    none of whose candidates was scored (all dropped)."""
+    from pyspark.sql import functions as F
+
+    ids = _query_ids(candidates, "_c").join(_query_ids(queries, "_k"), S.QUERY_ID, "full")
+    ids = ids.join(_query_ids(scored, "_s"), S.QUERY_ID, "left")
+    accounted = ids.agg(
+        F.count(F.col("_c")).alias("queries_in_candidates"),
+        F.count(F.when(F.col("_c").isNull(), F.col("_k"))).alias("queries_without_candidates"),
+        F.count(F.when(F.col("_s").isNull(), F.col("_c"))).alias("queries_with_nothing_to_rank"),
+    )
+    written = top.agg(F.count(F.lit(1)).alias("output_rows"), F.countDistinct(S.QUERY_ID).alias("output_queries"))
+    return written.crossJoin(accounted)
+
+
+def queries_with_nothing_to_rank(candidates: Any, scored: Any, *, limit: int) -> list[str]:
+    """The first ``limit`` ids, in order, of the queries ``query_counts`` counts as having
+    nothing to rank."""
+    nothing = _query_ids(candidates, "_c").join(_query_ids(scored, "_s"), S.QUERY_ID, "left_anti")
+    return [r[S.QUERY_ID] for r in nothing.select(S.QUERY_ID).orderBy(S.QUERY_ID).limit(limit).collect()]
 
 
 def tie_pooled_in_query(scored: Any) -> Any:

@@ -131,8 +131,8 @@ def _settings(config: JobConfig, info: ModelInfo) -> dict[str, Any]:
 
 def read_inputs(run: Run) -> Inputs:
     """Read the three inputs and count what they hold; conflicting duplicate ids are refused."""
-    from . import read, stages
-    from .profile import profile
+    from . import read
+    from .profile import collect_row, duplicate_ids, profile, refuse_conflicts
 
     config, summary = run.config, run.summary
     with run.stage("read"):
@@ -143,19 +143,23 @@ def read_inputs(run: Run) -> Inputs:
             corpus=run.keep(read.read_input(run.spark, config.corpus, "corpus")),
             candidates=run.keep(read.read_input(run.spark, config.candidates, "candidates")),
         )
-        for name, df, text_cols, id_col in (
-            ("queries", inputs.queries, (S.QUERY,), S.QUERY_ID),
-            ("corpus", inputs.corpus, (S.TITLE, S.TEXT), S.DOC_ID),
-        ):
-            counts = profile(df, text_columns=text_cols, id_column=id_col)
-            summary.rows_read[name] = counts["rows"]
-            summary.texts_with_invalid_utf8[name] = counts["invalid_utf8"]
-            summary.rows_without_id[name] = counts["without_id"]
-        counts = profile(inputs.candidates, first_stage=True)
-        summary.rows_read["candidates"] = summary.candidates_read = counts["rows"]
-        summary.first_stage_missing = {"rank": counts["rank"], "score": counts["score"]}
-        summary.duplicate_ids_collapsed["queries"] = stages.check_unique_ids(inputs.queries, S.QUERY_ID, [S.QUERY], config.queries.path)
-        summary.duplicate_ids_collapsed["corpus"] = stages.check_unique_ids(inputs.corpus, S.DOC_ID, [S.TITLE, S.TEXT], config.corpus.path)
+        unique = {"queries": (S.QUERY_ID, [S.QUERY]), "corpus": (S.DOC_ID, [S.TITLE, S.TEXT])}
+        counts = collect_row([  # one Spark action for every count of the three inputs
+            profile(inputs.queries, "queries", text_columns=(S.QUERY,), id_column=S.QUERY_ID),
+            profile(inputs.corpus, "corpus", text_columns=(S.TITLE, S.TEXT), id_column=S.DOC_ID),
+            profile(inputs.candidates, "candidates", first_stage=True),
+            *[duplicate_ids(getattr(inputs, name), name, *unique[name]) for name in unique],
+        ])
+        for name in ("queries", "corpus", "candidates"):
+            summary.rows_read[name] = counts[f"{name}_rows"]
+        for name in unique:
+            summary.texts_with_invalid_utf8[name] = counts[f"{name}_invalid_utf8"]
+            summary.rows_without_id[name] = counts[f"{name}_without_id"]
+            summary.duplicate_ids_collapsed[name] = counts[f"{name}_collapsed"]
+        summary.candidates_read = counts["candidates_rows"]
+        summary.first_stage_missing = {"rank": counts["candidates_rank"], "score": counts["candidates_score"]}
+        for name in unique:
+            refuse_conflicts(getattr(inputs, name), *unique[name], conflicts=counts[f"{name}_conflicts"], path=getattr(config, name).path)
     return inputs
 
 
@@ -241,25 +245,22 @@ def _warn_about_scoring(summary: RunSummary, pooling: str) -> None:
 
 def top_k(run: Run, inputs: Inputs, scored: Any) -> Any:
     """The best ``top_k`` per query; every query of the candidates is accounted for."""
-    from pyspark.sql import functions as F
-
     from .. import guards
     from . import stages
+    from .profile import collect_row
 
     summary = run.summary
     with run.stage("topk"):
         top = run.keep(stages.top_k(scored, k=run.config.top_k, run_id=run.config.run_id, model=run.info.label))
-        row = top.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct(S.QUERY_ID).alias("queries")).collect()[0]
-        summary.output_rows, summary.output_queries = int(row["rows"]), int(row["queries"])
-        all_queries = inputs.candidates.select(S.QUERY_ID).where(stages.has_id(F.col(S.QUERY_ID))).distinct()
-        summary.queries_in_candidates = all_queries.count()
-        # Queries with no candidate row at all: nothing to rerank, so nothing is written
-        # for them; they are counted, not listed (first-stage misses are normal).
-        known = inputs.queries.select(S.QUERY_ID).where(stages.has_id(F.col(S.QUERY_ID))).distinct()
-        summary.queries_without_candidates = known.join(all_queries, S.QUERY_ID, "left_anti").count()
-        nothing = all_queries.join(scored.select(S.QUERY_ID).distinct(), S.QUERY_ID, "left_anti")
-        summary.queries_with_nothing_to_rank_count = nothing.count()
-        summary.queries_with_nothing_to_rank = sorted(r[S.QUERY_ID] for r in nothing.limit(NOTHING_TO_RANK_LISTED).collect())
+        # One Spark action. Queries with no candidate row at all have nothing to rerank, so
+        # nothing is written for them: they are counted, not listed (first-stage misses are normal).
+        counts = collect_row([stages.query_counts(top, candidates=inputs.candidates, queries=inputs.queries, scored=scored)])
+        summary.output_rows, summary.output_queries = counts["output_rows"], counts["output_queries"]
+        summary.queries_in_candidates = counts["queries_in_candidates"]
+        summary.queries_without_candidates = counts["queries_without_candidates"]
+        summary.queries_with_nothing_to_rank_count = counts["queries_with_nothing_to_rank"]
+        if summary.queries_with_nothing_to_rank_count:
+            summary.queries_with_nothing_to_rank = stages.queries_with_nothing_to_rank(inputs.candidates, scored, limit=NOTHING_TO_RANK_LISTED)
     guards.check_accounted(summary)
     return top
 
