@@ -50,7 +50,11 @@ def tiny_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    """A local Spark session with pinned settings, shared by the whole test run."""
+    """A local Spark session with pinned settings, shared by the whole test run.
+
+    ``local[2,3]``: two cores, and three attempts per task, as a cluster retries a failed
+    task (``spark.task.maxFailures``): the retry tests run here, not in a Spark of their own.
+    """
     import sys
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -58,7 +62,7 @@ def spark(tmp_path_factory):
 
     scratch = tmp_path_factory.mktemp("spark")
     session = get_session(
-        master="local[2]",
+        master="local[2,3]",
         conf={
             "spark.sql.shuffle.partitions": "2",
             "spark.default.parallelism": "2",

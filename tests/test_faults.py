@@ -5,9 +5,8 @@ leaves a marker for every scoring attempt and every fault fired in ``DEAR_RERANK
 each test checks the markers, so it fails if the fault silently did not happen.
 
 - a scoring task failing on its first attempt, and a Python worker killed mid-partition
-  (one run, one fault per partition):
-  Spark retries them (``local[2,3]``, in a subprocess with its own SparkContext, since the
-  shared ``spark`` fixture is ``local[2]`` and never retries);
+  (one run, one fault per partition): Spark retries them (the shared ``spark`` fixture is
+  ``local[2,3]``, three attempts per task);
 - an executor JVM killed during the scoring stage of ``spark-submit`` on a standalone cluster
   on 127.0.0.1 (``tests/cluster.py``): the output still equals local mode's, row for row;
 - the driver killed after writing its files and before the Delta commit: the table is as
@@ -32,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from dear_udf import schema as S
-from dear_udf.testing.faults import DIR_ENV, ENV
+from dear_udf.testing.faults import DIR_ENV, ENV, armed
 
 from .jobdata import job_values
 
@@ -72,11 +71,8 @@ def _wait_for(directory: Path, pattern: str, timeout: float, alive=lambda: True)
 
 
 def _subprocess_job_script(spec_path: str) -> None:
-    """Run the spec's jobs in one SparkSession (this process's own) and write their summaries.
-
-    Each run may inject faults into the Python workers through ``SparkContext.environment``,
-    which the job's scoring function captures when it is built.
-    """
+    """Run the spec's jobs in one SparkSession (this process's own) and write their
+    summaries: a driver a test can kill (faults reach it through its environment)."""
     spec = json.loads(Path(spec_path).read_text())
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from dear_udf.config import build_job_config
@@ -85,14 +81,7 @@ def _subprocess_job_script(spec_path: str) -> None:
 
     spark = get_session(master=spec["master"], conf=spec.get("conf", {}), arrow_batch_size=16)
     spark.sparkContext.setLogLevel("ERROR")
-    results = {}
-    for run in spec["runs"]:
-        env = spark.sparkContext.environment
-        env.pop(ENV, None)
-        env.pop(DIR_ENV, None)
-        if run.get("fault"):
-            env[ENV], env[DIR_ENV] = run["fault"], run["fault_dir"]
-        results[run["name"]] = run_job(build_job_config(run["config"]), spark=spark).as_dict()
+    results = {run["name"]: run_job(build_job_config(run["config"]), spark=spark).as_dict() for run in spec["runs"]}
     Path(spec["result"]).write_text(json.dumps(results, default=str))
     spark.stop()
 
@@ -145,24 +134,19 @@ def clean(spark, tiny_models, data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def retried(tiny_models, data, tmp_path_factory):
-    """One subprocess, one run: scoring partition 0 fails on its first attempt while partition
-    1's Python worker is killed on its first. (One faulty run, not one per fault, and the clean
-    reference from the shared session: each run of a fresh Spark costs half a minute of CI.)"""
+def retried(spark, tiny_models, data, tmp_path_factory):
+    """One run in the shared session (``local[2,3]``: three attempts per task): scoring
+    partition 0 fails on its first attempt while partition 1's Python worker is killed on
+    its first. (One faulty run, not one per fault, and the clean reference from the same
+    session and the same partitions and batches.)"""
+    from dear_udf.config import build_job_config
+    from dear_udf.spark.job import run_job
+
     tmp = tmp_path_factory.mktemp("retries")
     faults = tmp / "faults"
-    run = {
-        "name": "faulty",
-        "fault": "fail-first-attempt@0,kill-worker-first-attempt@1",
-        "fault_dir": str(faults),
-        "config": _clean_values(data, tiny_models["index227"], tmp / "out"),
-    }
-    spec = _spec(tmp, "local[2,3]", [run])  # 3 attempts per task
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    command, options = _python([str(tmp / "spec.json")])
-    done = subprocess.run(command, capture_output=True, text=True, timeout=480, **options)
-    assert done.returncode == 0, done.stderr[-6000:]
-    return faults, json.loads((tmp / "result.json").read_text())["faulty"], _rows(tmp / "out")
+    with armed(spark, "fail-first-attempt@0,kill-worker-first-attempt@1", faults):
+        summary = run_job(build_job_config(_clean_values(data, tiny_models["index227"], tmp / "out")), spark=spark)
+    return faults, summary.as_dict(), _rows(tmp / "out")
 
 
 def _assert_same_as_clean(retried, clean) -> None:
@@ -289,13 +273,19 @@ def test_driver_killed_before_commit_leaves_table_unchanged_and_rerun_completes(
 
     out, faults = tmp_path / "table", tmp_path / "faults"
     model = tiny_models["index227"]
-    run_job(build_job_config(_values(data["paths"], model, out, top_k=5)), spark=spark)
+    # Every run of this night shares one score cache: the first scores, the others find
+    # every score there and start no scoring task, so the killed driver is killed at its
+    # commit after a run that loaded no model (what is tested is the commit, not scoring).
+    def night(top_k):
+        return _values(data["paths"], model, out, top_k=top_k, cache=str(tmp_path / "cache"))
+
+    run_job(build_job_config(night(5)), spark=spark)
     before = _rows(out)
     version = DeltaTable(str(out)).version()
     assert len(before) == 60
 
     # The same night again with top-3, in a driver of its own that is killed mid-write.
-    spec = _spec(tmp_path, "local[2]", [{"name": "killed", "config": _values(data["paths"], model, out, top_k=3)}])
+    spec = _spec(tmp_path, "local[2]", [{"name": "killed", "config": night(3)}])
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     log = open(tmp_path / "killed.log", "w")
     command, options = _python(
@@ -329,10 +319,11 @@ def test_driver_killed_before_commit_leaves_table_unchanged_and_rerun_completes(
 
     # The rerun completes the night: its top-3 equals the top-3 of the earlier top-5.
     top3 = [r for r in before if r[S.OUTPUT_COLUMNS.index(S.RANK)] <= 3]
-    run_job(build_job_config(_values(data["paths"], model, out, top_k=3)), spark=spark)
+    rerun = run_job(build_job_config(night(3)), spark=spark)
     assert _rows(out) == top3 and len(top3) == 36
+    assert (rerun.pairs_scored, rerun.cache_hits) == (0, 144)
     # Rerunning a night that succeeded changes nothing: no duplicates, same rows.
-    run_job(build_job_config(_values(data["paths"], model, out, top_k=3)), spark=spark)
+    run_job(build_job_config(night(3)), spark=spark)
     assert _rows(out) == top3
     assert DeltaTable(str(out)).version() == version + 2
 
@@ -344,13 +335,8 @@ def test_oom_splits_reach_the_summary_and_scores_stay_equal(spark, tiny_models, 
     from dear_udf.config import build_job_config
     from dear_udf.spark.job import run_job
 
-    env = spark.sparkContext.environment
-    env[ENV], env[DIR_ENV] = "oom-over:4", str(tmp_path / "faults")
-    try:
+    with armed(spark, "oom-over:4", tmp_path / "faults"):
         summary = run_job(build_job_config(_clean_values(data, tiny_models["index227"], tmp_path / "oom")), spark=spark)
-    finally:
-        env.pop(ENV, None)
-        env.pop(DIR_ENV, None)
     reference, clean_rows = clean
     assert reference["oom_splits"] == 0
     injected = sum(m["ooms"] for m in _markers(tmp_path / "faults", "scores-*.json"))

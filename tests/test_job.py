@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -155,7 +156,7 @@ def test_model_loads_once_per_worker_not_per_task(spark, tiny_models, data, tmp_
     from dear_udf.spark.job import run_job
 
     summary = run_job(_config(data["paths"], tiny_models["index227"], tmp_path / "o", scoring_partitions=8), spark=spark)
-    workers = int(spark.sparkContext.master.split("[")[1].rstrip("]"))
+    workers = int(re.match(r"local\[(\d+)", spark.sparkContext.master).group(1))  # local[2,3]: 2 cores
     # 8 scoring tasks on 2 reused Python workers; the cache of an earlier test may even
     # make this run load nothing.
     assert summary.model_loads <= workers

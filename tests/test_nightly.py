@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dear_udf import schema as S
-from dear_udf.testing.faults import DIR_ENV, ENV
+from dear_udf.testing.faults import DIR_ENV, ENV, armed
 
 from .jobdata import job_config, write_inputs
 
@@ -113,15 +113,11 @@ def test_three_nights_score_only_what_changed(spark, tiny_models, night1, tmp_pa
     assert first.cache == str(cache) and not first.cache_scratch
 
     # Night 2, same inputs: nothing scored, no model loaded, the same output. Any scoring
-    # task would fail the run here (an injected failure, not retried on local[2]) and leave
-    # an "attempt" marker: the night passes only if no task ever starts to load a model.
-    env, faults = spark.sparkContext.environment, tmp_path / "faults"
-    env[ENV], env[DIR_ENV] = "fail-first-attempt", str(faults)
-    try:
+    # task would leave an "attempt" marker (and fail its first attempt): the night passes
+    # only if no task ever starts to load a model.
+    faults = tmp_path / "faults"
+    with armed(spark, "fail-first-attempt", faults):
         second = _run(spark, night1["paths"], model, out, cache=str(cache), chunk_pairs=50, run_id="n2")
-    finally:
-        env.pop(ENV, None)
-        env.pop(DIR_ENV, None)
     assert not list(faults.glob("attempt-*"))
     assert (second.pairs_scored, second.cache_hits, second.cache_misses) == (0, pairs, 0)
     assert second.model_loads == 0 and second.chunks == [] and second.cache_hit_rate == 1.0

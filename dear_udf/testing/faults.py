@@ -40,6 +40,8 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,6 +186,20 @@ class TaskFaults:
         if self._original_forward is not None:
             del scorer.forward  # the instance attribute shadowing the method
             self._original_forward = None
+
+
+@contextmanager
+def armed(spark: Any, faults: str, directory: str | os.PathLike) -> Iterator[None]:
+    """Inject ``faults`` into the scoring functions built inside the block (local mode:
+    through ``SparkContext.environment``, which a job's scoring function captures when it
+    is built), with markers in ``directory``; the session is clean again after it."""
+    env = spark.sparkContext.environment
+    env[ENV], env[DIR_ENV] = faults, str(directory)
+    try:
+        yield
+    finally:
+        env.pop(ENV, None)
+        env.pop(DIR_ENV, None)
 
 
 _task: TaskFaults | None = None  # the scoring task this Python worker runs (one at a time)
