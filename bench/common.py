@@ -117,6 +117,35 @@ def write_json(report: dict[str, Any], name: str) -> Path:
     return path
 
 
+def job_config(paths: dict[str, str], model: Path, output: Path, *, master: str, depth: int, run_id: str, where: str, **extra: Any) -> Any:
+    """The job's settings for a benchmark night: Parquet inputs, the tiny model on CPU,
+    top-10 to a Delta table; ``extra`` adds settings (``cache``, ``chunk_pairs``)."""
+    from dear_udf.config import build_job_config
+
+    values = {
+        "queries": {"path": paths["queries"], "format": "parquet"},
+        "corpus": {"path": paths["corpus"], "format": "parquet"},
+        "candidates": {"path": paths["candidates"], "format": "parquet"},
+        "output": str(output),
+        "run_id": run_id,
+        "top_k": 10,
+        "depth": depth,
+        "model": {"model": str(model), "device": "cpu", "local_files_only": True},
+        "master": master,
+        **{k: v for k, v in extra.items() if v is not None},
+    }
+    return build_job_config(values, where=where)
+
+
+def finish_cpu_args(args: Any, parser: Any, name: str) -> None:
+    """``finish_args`` of a scenario that measures the CPU job: the device is the CPU, the
+    results file ``<name>.json`` unless ``--name`` says otherwise."""
+    args.device = args.device or "cpu"
+    if args.device != "cpu":
+        parser.error(f"--mode {args.mode} measures the CPU job; --device must be cpu.")
+    args.name = args.name or name
+
+
 def print_header(header: str) -> None:
     """A table's column header and its rule."""
     print(header)

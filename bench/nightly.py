@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import cores, load_average, new_report, print_header
+from bench.common import cores, finish_cpu_args, job_config, load_average, new_report, print_header
 from bench.scaling import write_inputs
 
 MODES = ("nightly",)
@@ -60,23 +60,8 @@ def night2_inputs(night1: dict[str, str], directory: Path, share: float) -> tupl
 
 
 def _job(args: argparse.Namespace, paths: dict[str, str], model: Path, output: Path, cache: Path | None, run_id: str) -> Any:
-    from dear_udf.config import build_job_config
-
-    values = {
-        "queries": {"path": paths["queries"], "format": "parquet"},
-        "corpus": {"path": paths["corpus"], "format": "parquet"},
-        "candidates": {"path": paths["candidates"], "format": "parquet"},
-        "output": str(output),
-        "run_id": run_id,
-        "top_k": 10,
-        "depth": args.docs_per_query,
-        "model": {"model": str(model), "device": "cpu", "local_files_only": True},
-        "master": args.spark_master,
-        "chunk_pairs": args.chunk_pairs,
-    }
-    if cache is not None:
-        values["cache"] = str(cache)
-    return build_job_config(values, where="bench nightly")
+    return job_config(paths, model, output, master=args.spark_master, depth=args.docs_per_query, run_id=run_id,
+                      where="bench nightly", chunk_pairs=args.chunk_pairs, cache=str(cache) if cache is not None else None)
 
 
 def _rows(path: Path, run_id: str) -> dict[tuple[str, str], tuple[int, float]]:
@@ -191,10 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def finish_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    args.device = args.device or "cpu"
-    if args.device != "cpu":
-        parser.error("--mode nightly measures the CPU job; --device must be cpu.")
-    args.name = args.name or "nightly-cpu"
+    finish_cpu_args(args, parser, "nightly-cpu")
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
