@@ -113,7 +113,7 @@ def data(tmp_path_factory):
     return write_inputs(tmp_path_factory.mktemp("fault-inputs"))
 
 
-# -- task retries: local[2,3] in a subprocess ---------------------------------------------
+# -- task retries, in the shared local[2,3] session ----------------------------------------
 
 
 def _clean_values(data, model, output, **extra):
