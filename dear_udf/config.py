@@ -145,8 +145,9 @@ class JobConfig:
 
 
 def default_summary_path(output: str, run_id: str) -> str:
-    """``<output>.<run_id>.summary.json``: runs of other nights keep their own summaries."""
-    return f"{Path(output.rstrip('/'))}.{run_id}.summary.json"
+    """``<output>.<run_id>.summary.json``, beside the table and written the way the output
+    is (``file:/x``, ``dbfs:/x`` stay URIs): runs of other nights keep their own summaries."""
+    return f"{output.rstrip('/')}.{run_id}.summary.json"
 
 
 _NESTED = {"model": ModelSpec, "layout": Layout}

@@ -173,7 +173,7 @@ REFUSED = {
     "foreign folder": (_foreign_folder, OutputError, r"out: is neither empty nor a table of this job \(found \['notes.txt'\]\)"),
     "Delta table of another schema": (_foreign_delta(["run_id"]), OutputError, r"table schema differs from the output schema: missing \['first_stage_rank'"),
     "Delta table of another partitioning": (_foreign_delta(None), OutputError, r"table is partitioned by \[\], expected \['run_id'\]"),
-    "output on a file system Spark lacks": (lambda t: {"output": "nosuch://bucket/out", "summary": str(t / "s.json")}, OutputError, r'nosuch://bucket/out: cannot open the output\'s file system \(.*No FileSystem for scheme "nosuch"\)'),
+    "output on a file system Spark lacks": (lambda t: {"output": "nosuch://bucket/out", "summary": str(t / "s.json")}, OutputError, r'nosuch://bucket/out: cannot list the output folder \(.*No FileSystem for scheme "nosuch"\)'),
     "summary is a folder": (_summary_is_a_folder, OutputError, r"summary: .*/s: is a folder; give a file path"),
     "summary inside the table": (lambda t: {"summary": str(t / "out" / "s.json")}, OutputError, r"summary: .*is inside the output table folder"),
     "trec-out under a file": (_trec_out_under_a_file, OutputError, r"trec_out: .*/f is a file, not a folder"),

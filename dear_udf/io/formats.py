@@ -26,15 +26,10 @@ from ..exceptions import InputError
 from . import rules
 from . import text
 from .text import read_text
+from ..paths import location
 
 _ID_COLUMNS = (S.QUERY_ID, S.DOC_ID)
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 _IDENT = re.compile(r"^`?[A-Za-z_][\w-]*`?$")
-
-
-def is_uri(path: str) -> bool:
-    """True for ``scheme:/...`` paths (``s3://``, ``dbfs:/``, ``file:/``), which Spark opens."""
-    return bool(_SCHEME.match(path))
 
 
 # ----------------------------------------------------------------------------- inference
@@ -91,12 +86,13 @@ def infer_format(path: str) -> str:
     """
     if not path:
         raise InputError("input path must be a non-empty string, got ''.")
-    if _SCHEME.match(path):
+    where = location(path)
+    if not where.is_local:
         fmt = _format_from_name(path)
         if fmt is None:
             raise InputError(f"{path}: cannot tell the format of a remote path from its name; set format to one of {INPUT_FORMATS}.")
         return fmt
-    p = Path(path)
+    p = Path(where.local)
     if not p.exists():
         if _format_from_name(path) is None and _is_table_name(path):
             return "table"

@@ -7,9 +7,12 @@ the table is committed nothing is left that can fail but a rename (``spark/job.p
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
+from collections.abc import Callable
 
 from ..exceptions import OutputError
+from ..paths import location
 
 
 class StagedFile:
@@ -20,15 +23,23 @@ class StagedFile:
     files usually get (0666 less the umask, e.g. 0644), not ``mkstemp``'s 0600. Leaving the
     ``with`` block without ``publish()`` removes it.
 
+    A remote ``path`` (``paths.location``: ``dbfs:/``, ``s3a://``...) is staged in a local
+    temporary folder and handed to ``upload(local_file, path)`` by ``publish()``.
+
     Example:
         >>> with StagedFile("/tmp/example.json") as staged:
         ...     staged.write_text("{}")
         ...     staged.publish()
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, upload: Callable[[str, str], None] | None = None) -> None:
         self.path = os.fspath(path)
-        directory, name = os.path.split(os.path.abspath(self.path))
+        where = location(self.path)
+        self.upload = None if where.is_local else upload
+        if not where.is_local and upload is None:
+            raise OutputError(f"{self.path}: a remote file needs an uploader (the job writes it through Spark).")
+        directory, name = os.path.split(where.local) if where.is_local else (tempfile.gettempdir(), where.name)
+        self.target = where.local if where.is_local else self.path
         # The target's own name last, so a writer that looks at the suffix (".gz") sees it.
         self.tmp = os.path.join(directory, f".{uuid.uuid4().hex[:12]}.{name}")
         self.published = False
@@ -46,8 +57,13 @@ class StagedFile:
             raise OutputError(f"{self.path}: cannot write ({exc}).") from exc
 
     def publish(self) -> None:
+        if self.upload is not None:
+            self.upload(self.tmp, self.target)
+            self.discard()
+            self.published = True
+            return
         try:
-            os.replace(self.tmp, self.path)
+            os.replace(self.tmp, self.target)
         except OSError as exc:
             raise OutputError(f"{self.path}: cannot move the new file into place ({exc}).") from exc
         self.published = True

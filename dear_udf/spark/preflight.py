@@ -11,8 +11,9 @@ run must never write into a folder it would damage. Before anything else the job
   the table, in a folder that exists or can be created, writable;
 - the inputs it will read: the paths exist, and a BEIR folder holds the file needed.
 
-Local paths are checked on the local disk; other URIs (``s3://``, ``dbfs:``, ``file:``)
-through Spark's Hadoop file system, their Delta schema by Spark's Delta at write.
+Local paths (``paths.location``: plain paths, ``file:`` URIs, ``/Volumes/...``) are checked
+on the local disk; other URIs (``dbfs:/``, ``s3a://``, ``abfss://``...) through Spark's
+Hadoop file systems, their Delta schema by Spark's Delta at write.
 
 Example:
     >>> check_paths(config, spark=spark)  # doctest: +SKIP
@@ -21,22 +22,24 @@ Example:
 from __future__ import annotations
 
 import os
-import posixpath
 import re
 from typing import Any, Literal
 
 from .. import schema as S
 from ..config import JobConfig
 from ..exceptions import OutputError
-from ..io.formats import is_uri
 from ..io.rules import DELTA_LOG_DIR
+from ..paths import location
 
 TableKind = Literal["none", "delta", "parquet", "uncommitted"]
 _WRITE_ID = re.compile(r"[0-9a-f]{32}")  # spark/write.py's folder per Delta write
 
 
-def check_paths(config: JobConfig, *, spark: Any = None) -> None:
+def check_paths(config: JobConfig, *, spark: Any = None, spark_delta: bool = False) -> None:
     """Refuse, before any input is read, a run whose outputs or inputs cannot work.
+
+    ``spark_delta``: the session writes Delta through Spark (else through ``deltalake``,
+    which commits local tables only).
 
     Raises:
         OutputError: the output folder or a file to write is refused (named, with why).
@@ -45,10 +48,16 @@ def check_paths(config: JobConfig, *, spark: Any = None) -> None:
     from .read import check_input
 
     check_output(config.output, fmt=config.format, run_id=config.run_id, spark=spark)
+    if config.format == "delta" and not spark_delta and not location(config.output).is_local:
+        raise OutputError(
+            f"{config.output}: a remote Delta table is committed through Spark's Delta, which this session lacks; "
+            "run where Delta is in the session (Databricks, or spark-submit --packages io.delta:delta-spark_2.13), "
+            "or write to a local path."
+        )
     for setting, path in (("summary", config.summary_path), ("trec_out", config.trec_out)):
         if path:
-            check_file_target(path, setting=setting, output=config.output)
-    if config.trec_out and os.path.abspath(config.trec_out) == os.path.abspath(config.summary_path):
+            check_file_target(path, setting=setting, output=config.output, spark=spark)
+    if config.trec_out and location(config.trec_out) == location(config.summary_path):
         raise OutputError(f"trec_out and summary are the same file, {config.trec_out}; give them different paths.")
     for kind in ("queries", "corpus", "candidates", "qrels"):
         spec = getattr(config, kind)
@@ -56,55 +65,35 @@ def check_paths(config: JobConfig, *, spark: Any = None) -> None:
             check_input(spec, kind)
 
 
-def _is_local(path: str) -> bool:
-    return not is_uri(path)
-
-
 class _Folder:
     """Lists a folder: on the local disk, or through Spark's Hadoop file system for URIs."""
 
     def __init__(self, path: str, spark: Any) -> None:
-        self.path, self.local = path, _is_local(path)
-        self._fs = None
-        if not self.local and spark is not None:
-            self._jvm = spark.sparkContext._jvm
-            try:
-                hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
-                self._fs = self._jvm.org.apache.hadoop.fs.Path(path).getFileSystem(hadoop_conf)
-            except Exception as exc:  # noqa: BLE001 - Py4JJavaError: no file system for the scheme
-                raise OutputError(f"{path}: cannot open the output's file system ({_reason(exc)}).") from exc
+        self.where = location(path)
+        self.path, self.local, self.spark = path, self.where.is_local, spark
 
     def entries(self, sub: str = "") -> list[tuple[str, bool]] | None:
         """(name, is folder) of the entries of ``path/sub``; None when it does not exist."""
+        where = self.where.join(sub) if sub else self.where
         if self.local:
-            path = os.path.join(self.path, sub) if sub else self.path
+            path = where.local
             if not os.path.lexists(path):
                 return None
             if not os.path.isdir(path):
-                raise OutputError(f"{path}: is a file; output must be a table folder (new, empty, or this job's table).")
+                raise OutputError(f"{where.text}: is a file; output must be a table folder (new, empty, or this job's table).")
             with os.scandir(path) as found:
                 return [(e.name, e.is_dir()) for e in found]
-        if self._fs is None:
+        if self.spark is None:
             return None  # a URI and no Spark session: left to the writer
-        path = posixpath.join(self.path, sub) if sub else self.path
+        from . import hadoop
+
         try:
-            hpath = self._jvm.org.apache.hadoop.fs.Path(path)
-            if not self._fs.exists(hpath):
-                return None
-            is_dir = self._fs.getFileStatus(hpath).isDirectory()
-            found = [] if not is_dir else [(st.getPath().getName(), bool(st.isDirectory())) for st in self._fs.listStatus(hpath)]
+            found = hadoop.entries(self.spark, where.text)
         except Exception as exc:  # noqa: BLE001 - Py4JJavaError: no file system for the scheme, no access
-            raise OutputError(f"{path}: cannot list the output folder ({_reason(exc)}).") from exc
-        if not is_dir:
-            raise OutputError(f"{path}: is a file; output must be a table folder (new, empty, or this job's table).")
+            raise OutputError(f"{where.text}: cannot list the output folder ({hadoop.reason(exc)}).") from exc
+        if found == [("", False)]:
+            raise OutputError(f"{where.text}: is a file; output must be a table folder (new, empty, or this job's table).")
         return found
-
-
-def _reason(exc: Exception) -> str:
-    """The Java exception's own line (Py4J's first line only names the call)."""
-    java = getattr(exc, "java_exception", None)
-    text = str(java.toString()) if java is not None else str(exc)
-    return (text.strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _hidden(name: str) -> bool:
@@ -160,7 +149,7 @@ def check_output(output: str, *, fmt: str, run_id: str, spark: Any = None) -> No
     folder = _Folder(output.rstrip("/") or output, spark)
     kind, sample = table_kind(folder)
     if folder.local:
-        _check_writable(output, "output")
+        _check_writable(folder.where.local, "output")
     if fmt == "parquet" and kind == "delta":
         raise OutputError(
             f"{output}: holds a Delta table ({DELTA_LOG_DIR}/); refusing to write format 'parquet' into it: Spark's "
@@ -179,9 +168,9 @@ def check_output(output: str, *, fmt: str, run_id: str, spark: Any = None) -> No
     if folder.local and kind == "delta":
         from ..io.delta_commit import check_table
 
-        check_table(output)
+        check_table(folder.where.local)
     if folder.local and kind == "parquet" and sample:
-        _check_parquet_schema(output, sample)
+        _check_parquet_schema(folder.where.local, sample)
 
 
 def _check_parquet_schema(output: str, sample: str) -> None:
@@ -202,23 +191,33 @@ def _without_run_id(schema: Any) -> Any:
     return schema.remove(schema.get_field_index(S.RUN_ID)) if S.RUN_ID in schema.names else schema
 
 
-def check_file_target(path: str, *, setting: str, output: str) -> None:
+def check_file_target(path: str, *, setting: str, output: str, spark: Any = None) -> None:
     """Refuse a file the run would write (summary, TREC run) that it could not write.
 
+    A local path is checked on the disk; a remote one (written through Spark's Hadoop file
+    systems at the end of the run) must name a file system the session can open.
+
     Raises:
-        OutputError: a URI (these are written with Python's own file functions), a folder,
-            a path inside the table, or a place that cannot be written.
+        OutputError: a folder, a path inside the table, or a place that cannot be written.
     """
-    if not _is_local(path):
-        hint = " (by default it goes beside the output: give --summary a local path)" if setting == "summary" else ""
-        raise OutputError(f"{setting}: {path}: must be a local file path{hint}.")
-    target = os.path.abspath(path)
-    if os.path.isdir(target):
-        raise OutputError(f"{setting}: {path}: is a folder; give a file path.")
-    table = os.path.abspath(output)
-    if _is_local(output) and os.path.commonpath([table, target]) == table:
+    where, table = location(path), location(output)
+    if table.contains(where):
         raise OutputError(f"{setting}: {path}: is inside the output table folder {output}; put it beside the table.")
-    _check_writable(os.path.dirname(target), setting)
+    if not where.is_local:
+        from . import hadoop
+
+        if spark is None:
+            raise OutputError(f"{setting}: {path}: a remote file is written through Spark; no session is running.")
+        try:
+            found = hadoop.entries(spark, where.text)
+        except Exception as exc:  # noqa: BLE001 - Py4JJavaError: no file system for the scheme, no access
+            raise OutputError(f"{setting}: {path}: cannot reach its file system ({hadoop.reason(exc)}).") from exc
+        if found is not None and found != [("", False)]:
+            raise OutputError(f"{setting}: {path}: is a folder; give a file path.")
+        return
+    if os.path.isdir(where.local):
+        raise OutputError(f"{setting}: {path}: is a folder; give a file path.")
+    _check_writable(os.path.dirname(where.local), setting)
 
 
 def _check_writable(path: str, setting: str) -> None:

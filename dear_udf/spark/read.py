@@ -22,14 +22,11 @@ from .. import schema as S
 from ..config import InputSpec
 from ..exceptions import InputError
 from ..io import rules, text
+from ..paths import location
 
 Kind = Literal["queries", "corpus", "candidates", "qrels"]
 
 BEIR_FILES = {kind: os.path.join(*name.split("/")) for kind, name in rules.BEIR_FILES.items()}
-
-
-def _is_uri(path: str) -> bool:
-    return "://" in path or path.startswith("dbfs:")
 
 
 def _format(spec: InputSpec) -> str:
@@ -41,7 +38,8 @@ def _format(spec: InputSpec) -> str:
 
 
 def _check_exists(path: str) -> None:
-    if not _is_uri(path) and not os.path.exists(path):
+    local = location(path).local
+    if local is not None and not os.path.exists(local):
         raise InputError(f"{path}: no such file or directory.")
 
 
@@ -66,7 +64,8 @@ def _line_number(spark: Any, file_name: str, value: str) -> int:
 
 def _shown(path: str, file_name: str) -> str:
     """The file named in an error: the path given when it is the file, else the file read."""
-    if not _is_uri(path) and os.path.isfile(path):
+    local = location(path).local
+    if local is not None and os.path.isfile(local):
         return path
     return file_name[len("file:"):] if file_name.startswith("file:/") else file_name
 
@@ -226,17 +225,22 @@ def check_input(spec: InputSpec, kind: Kind) -> str:
     if fmt == "beir":
         if kind == "candidates":
             raise InputError(f"{spec.path}: a BEIR folder holds no first-stage candidates; give a run file.")
-        inner = os.path.join(spec.path, BEIR_FILES[kind])
-        if not _is_uri(inner) and not os.path.isfile(inner):
+        inner = location(spec.path).join(BEIR_FILES[kind]).local
+        if inner is not None and not os.path.isfile(inner):
             raise InputError(f"{spec.path}: this BEIR folder has no {BEIR_FILES[kind]}, needed for {kind}.")
     return fmt
 
 
 def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
     fmt = check_input(spec, kind)
-    path = spec.path
+    if fmt == "table":
+        try:
+            return spark.table(spec.path)
+        except Exception as exc:  # noqa: BLE001 - AnalysisException: no such table
+            raise InputError(f"{spec.path}: no such table in this Spark session ({exc}).") from exc
+    path = location(spec.path).for_spark
     if fmt == "beir":
-        inner = os.path.join(path, BEIR_FILES[kind])
+        inner = location(path).join(BEIR_FILES[kind]).for_spark
         if kind == "qrels":
             return _read_text(spark, inner, kind, "qrels")
         return _read_jsonl(spark, inner, kind, spec.columns)
@@ -244,11 +248,6 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
         return _read_parquet(spark, path)
     if fmt == "delta":
         return _read_delta(spark, path)
-    if fmt == "table":
-        try:
-            return spark.table(path)
-        except Exception as exc:  # noqa: BLE001 - AnalysisException: no such table
-            raise InputError(f"{path}: no such table in this Spark session ({exc}).") from exc
     if fmt == "jsonl":
         return _read_jsonl(spark, path, kind, spec.columns)
     if fmt in text.TEXT_FORMATS:

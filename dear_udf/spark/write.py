@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import schema as S
 from ..exceptions import OutputError
+from ..paths import location
 
 
 
@@ -49,12 +50,12 @@ def _deltalake(df: Any, output: str, run_id: str) -> dict[str, Any]:
     from ..io.delta_commit import commit_run
     from .. import hooks
 
-    if "://" in output and not output.startswith("file://"):
+    root = location(output).local
+    if root is None:
         raise OutputError(
             f"{output}: committing with deltalake from the driver needs a local path here; "
             "use a Spark session with Delta for remote tables."
         )
-    root = output[len("file://"):] if output.startswith("file://") else output
     write_id = f"{uuid.uuid4().hex}"
     relative_dir = f"{S.RUN_ID}={run_id}/{write_id}"
     df.drop(S.RUN_ID).write.mode("errorifexists").parquet(os.path.join(root, relative_dir))
@@ -86,9 +87,9 @@ def write_output(df: Any, *, output: str, fmt: str, run_id: str) -> dict[str, An
     from .session import has_spark_delta
 
     if fmt == "parquet":
-        return _parquet(df, output)
+        return _parquet(df, location(output).for_spark)
     if fmt != "delta":
         raise OutputError(f"format must be 'delta' or 'parquet', got {fmt!r}.")
     if has_spark_delta(df.sparkSession):
-        return _spark_delta(df, output, run_id)
+        return _spark_delta(df, location(output).for_spark, run_id)
     return _deltalake(df, output, run_id)
