@@ -12,7 +12,9 @@ The points:
 - ``"before-commit"`` (``files=``, ``table=``): on the driver, after the run's files
   are written and before the Delta commit;
 - ``"chunk-committed"`` (``chunk=``, ``chunks=``, ``uri=``): on the driver, after a
-  chunk's scores were committed to the score cache.
+  chunk's scores were committed to the score cache;
+- ``"cache-appended"`` (``uri=``, ``attempt=``): on the driver, right after an append to
+  the score cache landed, inside its retry loop.
 """
 
 from __future__ import annotations

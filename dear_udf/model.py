@@ -371,22 +371,31 @@ def _sha256(path: Path) -> bytes:
     return digest.digest()
 
 
-def fingerprint_files(read: tuple[tuple[Path, tuple[Path, ...]], ...]) -> tuple[str, list[str]]:
+def fingerprint_files(read: tuple[tuple[Path, tuple[Path, ...]], ...]) -> tuple[str, list[str], list[str]]:
     """SHA-256 over the names (relative to their folder) and the contents of ``read``.
 
     ``read`` is ``ModelFiles.read``: the config and tokenizer files and exactly the weight
     files loading reads (an index's shards, in subfolders too). Every file's content is
     hashed through symlinks; a hub-cache blob's name is not trusted to be its hash, as
     any link can point at a file named by 64 hex characters.
+
+    Returns:
+        The fingerprint of all the files, the files' paths, and one fingerprint per folder
+        of ``read`` (the base's, then the adapter's), each over that folder's files alone.
     """
     digest = hashlib.sha256()
     names: list[str] = []
+    per_folder: list[str] = []
     for directory, files in read:
+        folder = hashlib.sha256()
         for path in files:
             names.append(str(path))
-            digest.update(Path(os.path.relpath(path, directory)).as_posix().encode())
-            digest.update(_sha256(path))
-    return digest.hexdigest(), names
+            relative, content = Path(os.path.relpath(path, directory)).as_posix().encode(), _sha256(path)
+            for each in (digest, folder):
+                each.update(relative)
+                each.update(content)
+        per_folder.append(folder.hexdigest())
+    return digest.hexdigest(), names, per_folder
 
 
 def torch_dtype(name: str):
@@ -417,9 +426,11 @@ class ModelInfo:
     """What the driver knows of a model without loading its weights."""
 
     spec: ModelSpec
-    fingerprint: str
+    fingerprint: str  # of every file loading reads (the base's and the adapter's)
     revision: str | None
     char_cap: int  # no text longer than this can change the layout's ids
+    base_fingerprint: str | None = None  # of the base (or full) model's files alone
+    adapter_fingerprint: str | None = None  # of the adapter's files alone
 
     @property
     def label(self) -> str:
@@ -438,12 +449,14 @@ def inspect_model(spec: ModelSpec, layout: Any = None) -> ModelInfo:
     tokenizer = load_tokenizer(found.base_dir, found.adapter_dir)
     layout = layout or Layout()
     encoder = PairEncoder(tokenizer, layout, pool_pad_id=None, pad_id=tokenizer.pad_token_id)
-    fingerprint, _ = fingerprint_files(found.read)
+    fingerprint, _, per_folder = fingerprint_files(found.read)
     return ModelInfo(
         spec=spec,
         fingerprint=fingerprint,
         revision=_revision_of(found.adapter_dir or found.base_dir, spec.revision),
         char_cap=max(encoder.char_caps),
+        base_fingerprint=per_folder[0],
+        adapter_fingerprint=per_folder[1] if found.adapter_dir is not None else None,
     )
 
 
@@ -550,6 +563,6 @@ def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"{base_dir}: could not move the model to {device}: {exc}") from exc
 
-    fingerprint, files = fingerprint_files(found.read)
+    fingerprint, files, _ = fingerprint_files(found.read)
     revision = _revision_of(adapter_dir or base_dir, spec.revision)
     return _loaded(model, tokenizer, spec, device=device, fingerprint=fingerprint, revision=revision, load_seconds=time.perf_counter() - start, files=files)

@@ -24,6 +24,10 @@ RELEVANCE = "relevance"
 # Per scored pair: pooled before its last real token / on its query alone (layout.Encoded).
 POOLED_EARLY = "pooled_early"
 POOLED_IN_QUERY = "pooled_in_query"
+# Per scored pair: what the forward pass computed (tokenization.computed_key); pairs of a
+# query sharing it get one score. And the scorer key of the process that scored it.
+COMPUTED_KEY = "computed_key"
+SCORER_KEY = "scorer_key"
 
 OUTPUT_COLUMNS = (
     QUERY_ID,
@@ -47,8 +51,8 @@ INPUT_SCHEMAS = {"queries": QUERIES_SCHEMA, "corpus": CORPUS_SCHEMA, "candidates
 # A TREC run file read back (the job's --trec-out, or a run given to ``eval``).
 TREC_RUN_SCHEMA = pa.schema([(QUERY_ID, pa.string()), (DOC_ID, pa.string()), (RANK, pa.int32()), (SCORE, pa.float64())])
 
-# What the Spark scoring stage gives back per pair: the carried columns, the score, and
-# where the layout read it (see layout.Encoded).
+# What the Spark scoring stage gives back per pair: the carried columns, the score, where
+# the layout read it (tokenization.Encoded), and under which scorer key it was computed.
 SCORED_PAIRS_SCHEMA = pa.schema(
     [
         (QUERY_ID, pa.string()),
@@ -58,6 +62,8 @@ SCORED_PAIRS_SCHEMA = pa.schema(
         (SCORE, pa.float32()),
         (POOLED_EARLY, pa.bool_()),
         (POOLED_IN_QUERY, pa.bool_()),
+        (COMPUTED_KEY, pa.string()),
+        (SCORER_KEY, pa.string()),
     ]
 )
 

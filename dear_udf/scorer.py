@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .exceptions import ConfigError
-from .tokenization import Encoded, Layout, PairEncoder
+from .tokenization import Encoded, Layout, PairEncoder, computed_positions
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,6 @@ def computed_length(ids: Sequence[int], pool: int) -> int:
     """Positions computed for a pair: up to a real pooled position, or all ids plus the
     pooling token when the pooled position is a pad."""
     return pool + 1 if pool < len(ids) else len(ids) + 1
-
-
-def _computed_key(ids: Sequence[int], pool: int) -> tuple:
-    # What the forward pass of a pair sees: its ids up to the pooled index, and that index.
-    return (pool, tuple(ids[: pool + 1]))
 
 
 def plan_batches(
@@ -207,7 +202,7 @@ class Scorer:
         slots: dict[tuple, int] = {}
         which: list[int] = []  # row -> index of the first row computing the same positions
         unique: list[int] = []
-        for i, key in enumerate(map(_computed_key, ids, pool)):
+        for i, key in enumerate(map(computed_positions, ids, pool)):
             if key not in slots:
                 slots[key] = len(unique)
                 unique.append(i)

@@ -37,7 +37,10 @@ class RunSummary:
     pairs_scored: int = 0  # scored by the model in this run (the cache's misses)
     cache: str = ""  # the score cache: --cache, or the scratch cache beside the output
     cache_scratch: bool = False  # removed once the output is committed
-    scorer_key: str = ""
+    scorer_key: str = ""  # the key lookups use: what the driver expects the executors to score under
+    scorer: dict[str, Any] = field(default_factory=dict)  # what that key hashes
+    scored_under_other_keys: dict[str, Any] = field(default_factory=dict)  # tasks that scored elsewhere
+    hit_check: dict[str, Any] | None = None  # a sample of the hits scored again (cache.check)
     cache_hits: int = 0  # kept pairs whose score came from the cache
     cache_misses: int = 0
     cache_hit_rate: float = 0.0
@@ -105,6 +108,8 @@ class RunSummary:
             f"cache     hits={self.cache_hits} misses={self.cache_misses} hit rate={self.cache_hit_rate:.1%} "
             f"chunks={len(self.chunks)} -> {self.cache}" + (" (scratch)" if self.cache_scratch else ""),
         ]
+        if self.hit_check:
+            lines.append(f"hit check {self.hit_check['pairs']} cached scores scored again, largest difference {self.hit_check['max_difference']:.3g}")
         for reason, count in sorted(self.dropped.items()):
             lines.append(f"  dropped {reason}: {count}")
         if self.queries_with_nothing_to_rank_count:

@@ -28,6 +28,7 @@ pass pools; the scorer reproduces that hidden state without computing the paddin
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -125,6 +126,38 @@ class Encoded(NamedTuple):
     def pooled_in_query(self) -> list[bool]:
         """Pairs whose score depends on the query alone: every candidate of it ties."""
         return [p <= s for p, s in zip(self.pool, self.doc_start)]
+
+    @property
+    def computed_keys(self) -> list[str]:
+        """Each pair's ``computed_key``: pairs sharing one get one score from DeAR."""
+        return [computed_key(x, p) for x, p in zip(self.ids, self.pool)]
+
+
+def computed_positions(ids: Sequence[int], pool: int) -> tuple[int, tuple[int, ...]]:
+    """What the forward pass of a pair computes: its ids up to the pooled index, and that
+    index. Everything after the pooled index is invisible to the score (causal
+    attention), so pairs with equal computed positions get one score from DeAR: documents
+    that agree up to their first bare ``"!"`` under ``first-pad``, near-duplicates that
+    agree up to the pair cap, every candidate of a query pooled inside the query."""
+    return pool, tuple(ids[: pool + 1])
+
+
+COMPUTED_KEY_TAG = b"dear-rerank/computed/v1\n"
+
+
+def computed_key(ids: Sequence[int], pool: int) -> str:
+    """32 hex characters naming ``computed_positions(ids, pool)``: the score cache keeps it
+    per entry and the job gives the pairs of a query that share it one score.
+
+    Example:
+        >>> computed_key([1, 5, 6], 227) == computed_key([1, 5, 6], 227) != computed_key([1, 5, 7], 227)
+        True
+    """
+    import numpy as np
+
+    head = int(pool).to_bytes(4, "little", signed=True)
+    body = np.asarray(ids[: pool + 1], dtype="<i4").tobytes()
+    return hashlib.sha256(COMPUTED_KEY_TAG + head + body).hexdigest()[:32]
 
 
 def _text(value: Any) -> str:

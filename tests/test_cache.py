@@ -29,9 +29,10 @@ from dear_udf.cache import (
     pair_key,
     pick_one,
     query_hash,
+    model_fields_of,
     read_entries,
+    scorer_fields,
     scorer_key,
-    scorer_key_of,
 )
 from dear_udf.cli import main
 from dear_udf.tokenization import Layout
@@ -42,6 +43,15 @@ T0 = dt.datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
 
 
 # -- scorer key ----------------------------------------------------------------------------
+
+# An environment as an executor reports it (cache.keys.environment); fixed so keys pin.
+ENV = {"libraries": {"torch": "2.13.0", "transformers": "5.23.0", "tokenizers": "0.23.3"}, "device": "cpu",
+       "matmul": {"float32_matmul_precision": "highest", "cuda": "ieee", "cpu": "ieee"}}
+
+
+def _key(*, fingerprint: str = FP, dtype: str = "float32", layout: Layout | None = None, env: dict | None = None, **model) -> str:
+    fields = keys.model_fields(fingerprint=fingerprint, dtype=dtype, layout=layout or Layout(), **model)
+    return scorer_key(scorer_fields(fields, env or ENV))
 
 
 def _changed(field: dataclasses.Field, value):
@@ -59,10 +69,10 @@ def _changed(field: dataclasses.Field, value):
 
 def test_every_layout_field_changes_the_scorer_key():
     base = Layout()
-    seen = {scorer_key(fingerprint=FP, dtype="float32", layout=base)}
+    seen = {_key(layout=base)}
     for field in dataclasses.fields(Layout):
         other = dataclasses.replace(base, **{field.name: _changed(field, getattr(base, field.name))})
-        seen.add(scorer_key(fingerprint=FP, dtype="float32", layout=other))
+        seen.add(_key(layout=other))
     # Lengths, templates, pooling rule and special-token mode: each its own key.
     assert len(seen) == 1 + len(dataclasses.fields(Layout))
     assert {"query_max_tokens", "doc_max_tokens", "padded_length", "query_prefix", "doc_prefix", "pooling", "special_tokens"} <= {
@@ -75,35 +85,77 @@ def test_a_layout_field_added_later_is_keyed_without_being_named():
     class Wider(Layout):
         new_setting: int = 0
 
-    assert scorer_key(fingerprint=FP, dtype="float32", layout=Wider(new_setting=1)) != scorer_key(
-        fingerprint=FP, dtype="float32", layout=Wider(new_setting=2)
-    )
-    assert "new_setting" in keys.scorer_fields(fingerprint=FP, dtype="float32", layout=Wider())["layout"]
+    assert _key(layout=Wider(new_setting=1)) != _key(layout=Wider(new_setting=2))
+    assert "new_setting" in keys.model_fields(fingerprint=FP, dtype="float32", layout=Wider())["layout"]
 
 
-def test_dtype_fingerprint_and_format_version_change_the_scorer_key(monkeypatch):
-    found = {scorer_key(fingerprint=FP, dtype=d, layout=Layout()) for d in ("float32", "bfloat16", "float16")}
-    found.add(scorer_key(fingerprint="cd" * 32, dtype="float32", layout=Layout()))
-    assert len(found) == 4
-    before = scorer_key(fingerprint=FP, dtype="float32", layout=Layout())
+def test_dtype_fingerprint_attention_and_format_version_change_the_scorer_key(monkeypatch):
+    found = {_key(dtype=d) for d in ("float32", "bfloat16", "float16")}
+    found.add(_key(fingerprint="cd" * 32))
+    found.add(_key(attn_implementation="eager"))  # sdpa and eager differ in bf16
+    assert len(found) == 5
+    before = _key()
     monkeypatch.setattr(keys, "FORMAT_VERSION", keys.FORMAT_VERSION + 1)
-    assert scorer_key(fingerprint=FP, dtype="float32", layout=Layout()) != before
+    assert _key() != before
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"libraries": {**ENV["libraries"], "tokenizers": "0.24.0"}},  # other ids for the same text
+        {"libraries": {**ENV["libraries"], "torch": "2.14.1"}},
+        {"libraries": {**ENV["libraries"], "transformers": "5.24.0"}},
+        {"libraries": {**ENV["libraries"], "peft": "0.21.2"}},  # an adapter is merged by peft
+        {"device": "cuda"},  # a task given no GPU falls back to the CPU
+        {"matmul": {**ENV["matmul"], "float32_matmul_precision": "high", "cuda": "tf32"}},  # TF32 on a GPU: ~1e-3 off
+        {"matmul": {**ENV["matmul"], "cpu": "bf16"}},  # oneDNN's bf16 matmuls on a CPU
+        {"matmul": {**ENV["matmul"], "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE": "1"}},
+    ],
+    ids=["tokenizers", "torch", "transformers", "peft", "device", "matmul-precision", "cpu-bf16", "tf32-override"],
+)
+def test_the_environment_that_scores_changes_the_scorer_key(change):
+    assert _key(env={**ENV, **change}) != _key()
+
+
+def test_the_environment_is_read_from_this_process(monkeypatch):
+    import importlib.metadata
+
+    import torch
+
+    cpu = keys.environment("cpu", adapter=False)
+    assert cpu["device"] == "cpu" and keys.environment("cuda:1", adapter=False)["device"] == "cuda"
+    assert cpu["libraries"] == {name: importlib.metadata.version(name) for name in ("torch", "transformers", "tokenizers")}
+    assert keys.environment("cpu", adapter=True)["libraries"]["peft"] == importlib.metadata.version("peft")
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert keys.environment("cpu", adapter=False)["matmul"] == {"float32_matmul_precision": "high", "cuda": "tf32", "cpu": "tf32"}
+    finally:
+        torch.set_float32_matmul_precision(before)
+    # Back at full precision the process reads as one never touched: torch's new API now says
+    # "ieee" where a fresh process says "none" (inherit), and both are IEEE float32.
+    assert keys.environment("cpu", adapter=False) == cpu
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    assert keys.environment("cpu", adapter=False)["matmul"]["NVIDIA_TF32_OVERRIDE"] == "0"
 
 
 def test_keys_are_stable_across_processes_and_releases():
     # Pinned: changing how keys are computed must come with a FORMAT_VERSION bump (and
     # these values), since every existing entry then misses.
-    assert keys.FORMAT_VERSION == 1
-    assert scorer_key(fingerprint=FP, dtype="float32", layout=Layout()) == "a24dcf283de9e5481ff8078909ee4f93"
+    assert keys.FORMAT_VERSION == 2
+    assert _key() == PINNED_SCORER_KEY
     assert pair_key("q", None, "text", char_cap=10) == "1b7668c9370bba3ebb4befe2a3316481"
     assert len(query_hash("q", char_cap=None)) == 64 and len(doc_hash("t", "x", char_cap=None)) == 64
 
 
+PINNED_SCORER_KEY = "40b3e4fa7ca9e6f5a43c05e613857ce2"
+
+
 def test_bad_scorer_key_inputs_are_refused_by_name():
     with pytest.raises(Exception, match="dtype must be one of"):
-        scorer_key(fingerprint=FP, dtype="int8", layout=Layout())
+        _key(dtype="int8")
     with pytest.raises(Exception, match="fingerprint must be a non-empty string"):
-        scorer_key(fingerprint="", dtype="float32", layout=Layout())
+        _key(fingerprint="")
     with pytest.raises(Exception, match="char_cap must be a positive integer"):
         pair_key("q", "t", "x", char_cap=0)
 
@@ -111,19 +163,27 @@ def test_bad_scorer_key_inputs_are_refused_by_name():
 def test_adapter_and_its_bytes_change_the_scorer_key(tiny_models, tmp_path):
     from dear_udf.model import ModelSpec, inspect_model
 
+    def key_of(spec):
+        info = inspect_model(spec)
+        return scorer_key(scorer_fields(model_fields_of(info, Layout()), ENV)), info
+
     base = tiny_models["index227"]
     adapter = tmp_path / "adapter"
     shutil.copytree(tiny_models["index227-lora"], adapter)
-    full = scorer_key_of(inspect_model(ModelSpec(model=str(base))), Layout())
-    with_adapter = scorer_key_of(inspect_model(ModelSpec(model=str(base), adapter=str(adapter))), Layout())
-    assert full == scorer_key_of(inspect_model(ModelSpec(model=str(base))), Layout())
+    full, full_info = key_of(ModelSpec(model=str(base)))
+    with_adapter, adapter_info = key_of(ModelSpec(model=str(base), adapter=str(adapter)))
+    assert full == key_of(ModelSpec(model=str(base)))[0]
+    # The base's own fingerprint is the same with or without the adapter; the adapter's is its own.
+    assert adapter_info.base_fingerprint == full_info.base_fingerprint and full_info.adapter_fingerprint is None
+    assert adapter_info.adapter_fingerprint not in (None, adapter_info.base_fingerprint)
     weights = next(adapter.glob("adapter_model.safetensors"))
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # one bit of one adapter weight
     weights.write_bytes(bytes(data))
-    retrained = scorer_key_of(inspect_model(ModelSpec(model=str(base), adapter=str(adapter))), Layout())
+    retrained, retrained_info = key_of(ModelSpec(model=str(base), adapter=str(adapter)))
     assert len({full, with_adapter, retrained}) == 3
-    assert scorer_key_of(inspect_model(ModelSpec(model=str(base), dtype="bfloat16")), Layout()) != full
+    assert retrained_info.adapter_fingerprint != adapter_info.adapter_fingerprint
+    assert key_of(ModelSpec(model=str(base), dtype="bfloat16"))[0] != full
 
 
 # -- pair key ------------------------------------------------------------------------------
@@ -180,8 +240,8 @@ def _scores(keys_: list[str], scores: list[float], **extra) -> pa.Table:
     return pa.table(cols)
 
 
-def _entries(scorer: str, keys_: list[str], scores: list[float], *, at: dt.datetime = T0, run_id: str = "r1", **extra) -> pa.Table:
-    return entries_table(_scores(keys_, scores, **extra), scorer_key=scorer, run_id=run_id, scored_at=at)
+def _entries(scorer: str, keys_: list[str], scores: list[float], *, at: dt.datetime = T0, run_id: str = "r1", scorers=None, **extra) -> pa.Table:
+    return entries_table(_scores(keys_, scores, **extra), scorer_key=scorer, run_id=run_id, scored_at=at, scorers=scorers)
 
 
 def test_open_creates_an_empty_cache_partitioned_by_scorer_key(tmp_path):
@@ -198,7 +258,7 @@ def test_a_table_of_another_schema_is_refused_with_its_path(tmp_path):
     other = tmp_path / "other"
     write_deltalake(str(other), pa.table({"query_id": ["q"], "score": [1.0]}))
     for call in (lambda: open_cache(str(other)), lambda: append_entries(str(other), _entries("k", ["a"], [1.0]))):
-        with pytest.raises(CacheError, match=rf"{other}: not a score cache: .*schema.*missing \['doc_id'"):
+        with pytest.raises(CacheError, match=rf"{other}: not a score cache: .*schema.*missing \['computed_key', 'doc_id'"):
             call()
     assert DeltaTable(str(other)).version() == 0  # untouched
     repartitioned = tmp_path / "repartitioned"
@@ -235,6 +295,54 @@ def test_append_is_one_commit_and_reads_back_by_scorer_key(tmp_path):
     assert read_entries(str(tmp_path / "none"), "k1").num_rows == 0
     assert append_entries(uri, _entries("k1", [], [])) is None  # nothing to commit
     assert DeltaTable(uri).version() == v2
+
+
+def test_each_row_keeps_the_scorer_key_it_was_scored_under_and_what_that_key_hashes(tmp_path):
+    uri = str(tmp_path / "cache")
+    described = {K1: json.dumps({"device": "cuda"}), K2: json.dumps({"device": "cpu"})}
+    scores = _scores(["a", "b", "c"], [1.0, 2.0, 3.0], scorer_key=[K1, K2, K1], computed_key=["x", "y", "x"])
+    append_entries(uri, entries_table(scores, run_id="r1", scorers=described, scored_at=T0))
+    for key, pairs in ((K1, ["a", "c"]), (K2, ["b"])):
+        got = read_entries(uri, key)
+        assert sorted(got.column("pair_key").to_pylist()) == pairs
+        assert set(got.column("scorer").to_pylist()) == {described[key]}
+    assert read_entries(uri, K1).column("computed_key").to_pylist() == ["x", "x"]
+    with pytest.raises(CacheError, match="need a scorer_key column or the scorer_key argument"):
+        entries_table(_scores(["a"], [1.0]), run_id="r1")
+
+
+# A score cache as format 1 wrote it (before computed_key and scorer), written out plainly.
+FORMAT_1 = pa.schema([("scorer_key", pa.string()), ("pair_key", pa.string()), ("score", pa.float32()),
+                      ("pooled_early", pa.bool_()), ("pooled_in_query", pa.bool_()), ("query_id", pa.string()),
+                      ("doc_id", pa.string()), ("run_id", pa.string()), ("scored_at", pa.timestamp("us", tz="UTC"))])
+
+
+def test_a_cache_of_format_1_keeps_working_and_gains_the_new_columns(tmp_path):
+    uri = str(tmp_path / "cache")
+    old = pa.table({"scorer_key": [K1], "pair_key": ["a"], "score": pa.array([1.0], pa.float32()), "pooled_early": [False],
+                    "pooled_in_query": [False], "query_id": ["q"], "doc_id": ["d"], "run_id": ["old"], "scored_at": [T0]}, schema=FORMAT_1)
+    write_deltalake(uri, old, partition_by=["scorer_key"])
+    assert check_cache(uri) is not None  # a score cache, not "another table"
+    assert read_entries(uri, K1).column("computed_key").to_pylist() == [None]  # absent columns read as nulls
+    append_entries(uri, _entries(K2, ["b"], [2.0], computed_key=["x"]))
+    assert sorted(pa.schema(DeltaTable(uri).schema().to_arrow()).names) == sorted(CACHE_ARROW_SCHEMA.names)
+    assert read_entries(uri, K1).to_pylist()[0]["score"] == 1.0 and read_entries(uri, K2).column("computed_key").to_pylist() == ["x"]
+
+
+def test_an_append_retried_after_its_commit_landed_is_not_written_twice(tmp_path, monkeypatch):
+    from dear_udf.hooks import ENV as HOOKS
+
+    uri = str(tmp_path / "cache")
+    append_entries(uri, _entries(K1, ["a"], [1.0]), transaction=("night-1/run", 0))
+    monkeypatch.setenv(HOOKS, "fail-after-cache-append")
+    monkeypatch.setenv("DEAR_RERANK_FAULT_DIR", str(tmp_path / "faults"))
+    append_entries(uri, _entries(K1, ["b", "c"], [2.0, 3.0]), transaction=("night-1/run", 1))
+    assert list((tmp_path / "faults").glob("cache-append-failed-*.json"))  # the fault fired: the first attempt failed
+    assert sorted(read_entries(uri, K1).column("pair_key").to_pylist()) == ["a", "b", "c"]  # b and c once
+    assert DeltaTable(uri).transaction_version("night-1/run") == 1
+    # Without the marker the same lost reply writes the chunk twice: what the marker prevents.
+    append_entries(uri, _entries(K2, ["d"], [4.0]))
+    assert read_entries(uri, K2).column("pair_key").to_pylist() == ["d", "d"]
 
 
 def test_non_finite_scores_are_not_cached():
@@ -276,7 +384,7 @@ def raw_entries(rows) -> pa.Table:
     columns = ["pair_key", "scored_at", "score", "pooled_early", "pooled_in_query"]
     data = {c: [r[i] for r in rows] for i, c in enumerate(columns)}
     n = len(rows)
-    data.update(scorer_key=["k"] * n, query_id=[None] * n, doc_id=[None] * n, run_id=["r"] * n)
+    data.update(scorer_key=["k"] * n, computed_key=["c"] * n, query_id=[None] * n, doc_id=[None] * n, run_id=["r"] * n, scorer=[None] * n)
     return pa.table({f.name: pa.array(data[f.name], f.type) for f in CACHE_ARROW_SCHEMA}, schema=CACHE_ARROW_SCHEMA)
 
 
@@ -325,10 +433,16 @@ def test_concurrent_appends_from_two_processes_lose_nothing(tmp_path):
 K1, K2 = "1" * 32, "2" * 32
 
 
+# What K1 was computed with, as the job records it (the scorer column).
+K1_FIELDS = scorer_fields(keys.model_fields(fingerprint=FP, dtype="bfloat16", layout=Layout(), base_fingerprint="b" * 64,
+                                            adapter_fingerprint="c" * 64), {**ENV, "device": "cuda"})
+
+
 def _two_scorers(uri: str) -> None:
-    append_entries(uri, _entries(K1, ["a", "b", "c"], [1.0, 2.0, 3.0], at=T0))
-    append_entries(uri, _entries(K1, ["d"], [4.0], at=T0 + dt.timedelta(days=20)))
-    append_entries(uri, _entries(K2, ["a", "b"], [5.0, 6.0], at=T0 + dt.timedelta(days=5)))
+    k1 = {K1: json.dumps(K1_FIELDS)}
+    append_entries(uri, _entries(K1, ["a", "b", "c"], [1.0, 2.0, 3.0], at=T0, run_id="n1", scorers=k1))
+    append_entries(uri, _entries(K1, ["d"], [4.0], at=T0 + dt.timedelta(days=20), run_id="n21", scorers=k1))
+    append_entries(uri, _entries(K2, ["a", "b"], [5.0, 6.0], at=T0 + dt.timedelta(days=5), run_id="n6"))
 
 
 def test_cache_stats_per_scorer_key_as_table_and_json(tmp_path, capsys):
@@ -342,20 +456,29 @@ def test_cache_stats_per_scorer_key_as_table_and_json(tmp_path, capsys):
     assert stats["entries"] == 6 and stats["table_bytes"] == by_key[K1]["bytes"] + by_key[K2]["bytes"] > 0
     assert stats["folder_bytes"] >= stats["table_bytes"]
 
+    # What each key was computed with, and the nights that wrote it.
+    assert (by_key[K1]["first_run_id"], by_key[K1]["last_run_id"]) == ("n1", "n21")
+    assert by_key[K1]["scorer"] == K1_FIELDS and by_key[K2]["scorer"] is None
+
     assert main(["cache", "stats", uri, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == stats
     assert main(["cache", "stats", uri]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["scorer_key", "entries", "files", "size", "oldest", "newest"]
-    assert out[1].split()[:3] == [K1, "4", "2"] and out[2].split()[:3] == [K2, "2", "1"]  # newest first
-    assert "6 entries under 2 scorer key(s)" in out[3]
+    assert out[0].split() == ["scorer_key", "entries", "files", "size", "oldest", "newest", "runs"]
+    assert out[1].split()[:3] == [K1, "4", "2"] and out[1].split()[-3:] == ["n1", "..", "n21"]  # newest first
+    assert out[2] == (
+        "    computed with: model bbbbbbbbbbbbbbbb, adapter cccccccccccccccc, dtype bfloat16, device cuda, "
+        "matmul highest, tokenizers 0.23.3 torch 2.13.0 transformers 5.23.0"
+    )
+    assert out[3].split()[:3] == [K2, "2", "1"] and "computed with: not recorded" in out[4]
+    assert "6 entries under 2 scorer key(s)" in out[5]
 
 
 def test_cache_vacuum_keeps_one_scorer_key_and_frees_the_files(tmp_path, capsys):
     uri = str(tmp_path / "cache")
     _two_scorers(uri)
     before = cache_stats(uri)["folder_bytes"]
-    assert main(["cache", "vacuum", uri, "--keep-scorer-key", K1, "--retention-hours", "0", "--json"]) == 0
+    assert main(["cache", "vacuum", uri, "--keep-scorer-key", K1, "--retention-hours", "0", "--allow-short-retention", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert (result["entries_deleted"], result["entries_after"], result["files_vacuumed"]) == (2, 4, 1)
     assert read_entries(uri, K2).num_rows == 0 and read_entries(uri, K1).num_rows == 4
@@ -375,10 +498,37 @@ def test_cache_vacuum_by_age_keeps_files_for_the_retention_by_default(tmp_path, 
     # Delta's default retention (168 hours): the deleted files stay for readers mid-run.
     assert result["files_vacuumed"] == 0 and result["retention_hours"] is None
     assert list(Path(uri).glob(f"scorer_key={K2}/*.parquet"))
-    assert main(["cache", "vacuum", uri, "--retention-hours", "0"]) == 0
+    assert main(["cache", "vacuum", uri, "--retention-hours", "0", "--allow-short-retention"]) == 0
     # The files deleted above (K1's a, b, c and K2's a, b) go now.
     assert "deleted 0 of 1 entries, removed 2 file(s)" in capsys.readouterr().out
     assert not list(Path(uri).glob(f"scorer_key={K2}/*.parquet"))
+
+
+def test_a_retention_shorter_than_a_night_needs_the_override(tmp_path, capsys):
+    uri = str(tmp_path / "cache")
+    _two_scorers(uri)
+    assert main(["cache", "vacuum", uri, "--drop-scorer-key", K2, "--retention-hours", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "retention_hours=1 is below 24 hours: a night reading the cache meanwhile would fail on a missing file" in err
+    assert "--allow-short-retention" in err
+    assert cache_stats(uri)["entries"] == 6  # refused before anything was deleted
+    # 24 hours and more go through (nothing is that old here, so no file goes yet).
+    assert main(["cache", "vacuum", uri, "--drop-scorer-key", K2, "--retention-hours", "24", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["entries_deleted"], result["entries_after"], result["files_vacuumed"]) == (2, 4, 0)
+    assert read_entries(uri, K2).num_rows == 0 and list(Path(uri).glob(f"scorer_key={K2}/*.parquet"))
+    assert "only when no run is using the cache" in _vacuum_help()
+
+
+def _vacuum_help() -> str:
+    import argparse
+
+    from dear_udf.cache import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    action = next(a for a in parser._subparsers._group_actions[0].choices["vacuum"]._actions if "--allow-short-retention" in a.option_strings)
+    return action.help
 
 
 def test_cache_upkeep_refusals_name_the_problem(tmp_path, capsys):
@@ -389,3 +539,26 @@ def test_cache_upkeep_refusals_name_the_problem(tmp_path, capsys):
     assert cache_stats(uri)["entries"] == 6
     assert main(["cache", "stats", str(tmp_path / "nothing")]) == 2
     assert f"{tmp_path / 'nothing'}: there is no score cache here" in capsys.readouterr().err
+
+
+# -- the check of hits ---------------------------------------------------------------------
+
+
+def test_the_check_of_hits_accepts_float_noise_and_refuses_another_scorer():
+    from dear_udf.cache.check import TOLERANCES, compare_hits
+
+    cached = {"a": 1.5, "b": -4.0, "c": 0.25}
+    noisy = {"a": 1.5 + 6e-6, "b": -4.0 - 1e-5, "c": 0.25}  # what another batch gives in fp32
+    got = compare_hits(cached, noisy, dtype="float32", scorer_key=K1, uri="/c")
+    assert got["pairs"] == 3 and got["worst"] == "b" and got["max_difference"] == pytest.approx(1e-5)
+    assert got["tolerance"] == {"absolute": TOLERANCES["float32"][0], "relative": TOLERANCES["float32"][1]}
+    with pytest.raises(CacheError, match=rf"/c: the score cache's entries under scorer key {K1} disagree .* 1 of 3 cache hits"):
+        compare_hits(cached, {**noisy, "c": 0.35}, dtype="float32", scorer_key=K1, uri="/c")
+    # bf16 is coarse: its batch noise (~0.04 measured) passes, another model's scores do not.
+    compare_hits(cached, {"a": 1.54, "b": -3.95}, dtype="bfloat16", scorer_key=K1, uri="/c")
+    with pytest.raises(CacheError, match="differ by up to 1"):
+        compare_hits(cached, {"a": 2.5}, dtype="bfloat16", scorer_key=K1, uri="/c")
+    # A NaN never passes; pairs only one side holds are not compared.
+    with pytest.raises(CacheError):
+        compare_hits(cached, {"a": float("nan")}, dtype="float32", scorer_key=K1, uri="/c")
+    assert compare_hits(cached, {"z": 9.0}, dtype="float32", scorer_key=K1, uri="/c")["pairs"] == 0

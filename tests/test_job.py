@@ -235,3 +235,30 @@ def test_layout_flags_and_yaml_reach_the_config(tmp_path):
     assert (config_from_args(flags).layout.pooling, config_from_args(flags).layout.special_tokens) == ("first-pad", "parse")
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--pooling", "last"])
+
+
+def test_a_long_lived_session_reloads_a_model_whose_files_changed_in_place(spark, tiny_models, data, tmp_path):
+    """A notebook or an all-purpose cluster keeps its Python workers, and their loaded model,
+    across runs. After the model's files change in place the next run must score with the
+    new files, as a fresh process would, not refuse nor use the old weights."""
+    import shutil
+
+    from dear_udf.spark.job import run_job
+    from dear_udf.testing import build_tiny_dear
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["index227"], model)
+    first = run_job(_config(data["paths"], model, tmp_path / "before"), spark=spark)
+    retrained = build_tiny_dear(tmp_path / "retrained", seed=5)  # same shape, other weights
+    shutil.copy(retrained / "model.safetensors", model / "model.safetensors")
+    second = run_job(_config(data["paths"], model, tmp_path / "after"), spark=spark)
+    assert second.settings["model_fingerprint"] != first.settings["model_fingerprint"]
+    # What a fresh process gives with the new files (another path: another cache entry).
+    fresh = run_job(_config(data["paths"], retrained, tmp_path / "fresh"), spark=spark)
+    assert second.settings["model_fingerprint"] == fresh.settings["model_fingerprint"]
+    after = {(r[S.QUERY_ID], r[S.DOC_ID]): (r[S.RANK], r[S.SCORE]) for r in _read_delta(tmp_path / "after").to_pylist()}
+    want = {(r[S.QUERY_ID], r[S.DOC_ID]): (r[S.RANK], r[S.SCORE]) for r in _read_delta(tmp_path / "fresh").to_pylist()}
+    assert after.keys() == want.keys() and all(after[k][0] == want[k][0] for k in want)
+    np.testing.assert_allclose([after[k][1] for k in want], [want[k][1] for k in want], atol=1e-6)
+    before = {(r[S.QUERY_ID], r[S.DOC_ID]): r[S.SCORE] for r in _read_delta(tmp_path / "before").to_pylist()}
+    assert any(abs(before[k] - after[k][1]) > 1e-3 for k in after if k in before)  # really the new weights

@@ -69,24 +69,47 @@ def _pairs(spark, keys):
     return spark.createDataFrame([(f"q{i}", f"d{i}", k) for i, k in enumerate(keys)], "query_id string, doc_id string, pair_key string")
 
 
-@pytest.mark.parametrize("reader", ["files", "arrow"])
-def test_lookup_splits_hits_and_misses_and_picks_one_duplicate(spark, tmp_path, reader):
+def test_lookup_splits_hits_and_misses_and_picks_one_duplicate(spark, tmp_path):
     uri = str(tmp_path / "cache")
     later = T0 + dt.timedelta(days=1)
-    append_entries(uri, entries_table(pa.table({"pair_key": ["a", "b"], "score": pa.array([5.0, 3.0], pa.float32())}), scorer_key=KEY, run_id="r2", scored_at=later))
-    append_entries(uri, entries_table(pa.table({"pair_key": ["a", "b"], "score": pa.array([7.0, 4.0], pa.float32()), "pooled_early": [True, False]}), scorer_key=KEY, run_id="r1", scored_at=T0))
-    append_entries(uri, entries_table(pa.table({"pair_key": ["b"], "score": pa.array([2.0], pa.float32())}), scorer_key=KEY, run_id="r3", scored_at=T0))
+    def scores(keys, values, **extra):
+        return pa.table({"pair_key": keys, "score": pa.array(values, pa.float32()), "computed_key": ["c"] * len(keys), **extra})
+
+    append_entries(uri, entries_table(scores(["a", "b"], [5.0, 3.0]), scorer_key=KEY, run_id="r2", scored_at=later))
+    append_entries(uri, entries_table(scores(["a", "b"], [7.0, 4.0], pooled_early=[True, False]), scorer_key=KEY, run_id="r1", scored_at=T0))
+    append_entries(uri, entries_table(scores(["b"], [2.0]), scorer_key=KEY, run_id="r3", scored_at=T0))
     # Another scorer's entry for pair c: a miss for this scorer, never its score.
-    append_entries(uri, entries_table(pa.table({"pair_key": ["c"], "score": pa.array([1.0], pa.float32())}), scorer_key="b" * 32, run_id="r1", scored_at=T0))
-    pairs = _pairs(spark, ["a", "b", "c", "d", "a"])
-    found = C.lookup(pairs, uri=uri, scorer_key=KEY, reader=reader)
+    append_entries(uri, entries_table(scores(["c"], [1.0]), scorer_key="b" * 32, run_id="r1", scored_at=T0))
+    # An entry without a computed key (as format 1 wrote them) cannot be tied: a miss.
+    append_entries(uri, entries_table(pa.table({"pair_key": ["e"], "score": pa.array([1.0], pa.float32())}), scorer_key=KEY, run_id="r1", scored_at=T0))
+    pairs = _pairs(spark, ["a", "b", "c", "d", "a", "e"])
+    found = C.lookup(pairs, uri=uri, scorer_key=KEY)
     hits = sorted((r.query_id, r.pair_key, r.score, r.pooled_early) for r in found.hits.collect())
     # a: earliest entry (7.0 at T0, not 5.0 a day later); b: at T0 the lowest score (2.0).
     assert hits == [("q0", "a", 7.0, True), ("q1", "b", 2.0, None), ("q4", "a", 7.0, True)]
-    assert sorted(r.query_id for r in found.misses.collect()) == ["q2", "q3"]
+    assert sorted(r.query_id for r in found.misses.collect()) == ["q2", "q3", "q5"]
     assert found.misses.columns == pairs.columns
-    assert found.hits.columns == [*pairs.columns, "score", "pooled_early", "pooled_in_query"]
+    assert found.hits.columns == [*pairs.columns, "score", "pooled_early", "pooled_in_query", "computed_key"]
     assert found.cached.count() == 2  # one row per pair key
+
+
+def test_a_remote_cache_is_read_by_spark_from_its_file_list_as_the_user_wrote_its_location():
+    from dear_udf.paths import location
+
+    class Listed:  # what deltalake says of an s3a:// table: its own spelling of the root
+        table_uri = "s3://bucket/cache/"
+
+        def file_uris(self, **_):
+            return ["s3://bucket/cache/scorer_key=k/part-0.parquet", "s3://bucket/cache/scorer_key=k/part-1.parquet"]
+
+    got = C._files(Listed(), location("s3a://bucket/cache"), "k")
+    assert got == ["s3a://bucket/cache/scorer_key=k/part-0.parquet", "s3a://bucket/cache/scorer_key=k/part-1.parquet"]
+
+
+def test_a_cache_deltalake_cannot_open_is_refused_in_words_without_spark_delta(spark):
+    for uri in ("dbfs:/tables/score-cache", "hdfs://namenode/tables/score-cache"):
+        with pytest.raises(CacheError, match=rf"{uri}: deltalake cannot open a score cache there; .* through Spark's Delta"):
+            C.lookup(_pairs(spark, ["a"]), uri=uri, scorer_key=KEY, spark_delta=False)
 
 
 def test_lookup_on_a_cache_not_yet_made_misses_everything(spark, tmp_path):
@@ -104,9 +127,9 @@ def test_lookup_refuses_a_table_of_another_schema(spark, tmp_path):
 
 def test_append_chunk_commits_one_transaction_that_the_next_lookup_hits(spark, tmp_path):
     uri = str(tmp_path / "cache")
-    rows = [(f"q{i}", f"d{i}", pair_key(f"q{i}", None, f"d{i}", char_cap=None), float(i) / 4, i % 2 == 0, False) for i in range(40)]
-    rows.append(("qn", "dn", "f" * 32, float("nan"), False, False))
-    scored = spark.createDataFrame(rows, "query_id string, doc_id string, pair_key string, score float, pooled_early boolean, pooled_in_query boolean")
+    rows = [(f"q{i}", f"d{i}", pair_key(f"q{i}", None, f"d{i}", char_cap=None), float(i) / 4, i % 2 == 0, False, f"c{i}") for i in range(40)]
+    rows.append(("qn", "dn", "f" * 32, float("nan"), False, False, "cn"))
+    scored = spark.createDataFrame(rows, "query_id string, doc_id string, pair_key string, score float, pooled_early boolean, pooled_in_query boolean, computed_key string")
     chunks = 3
     counts = {}
     for chunk in range(chunks):

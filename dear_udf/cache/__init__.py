@@ -16,9 +16,11 @@ from .keys import (
     doc_hash,
     pair_key,
     query_hash,
+    environment,
+    model_fields,
+    model_fields_of,
     scorer_fields,
     scorer_key,
-    scorer_key_of,
 )
 from .table import (
     CACHE_ARROW_SCHEMA,
@@ -57,7 +59,9 @@ __all__ = [
     "pick_one",
     "query_hash",
     "read_entries",
+    "environment",
+    "model_fields",
+    "model_fields_of",
     "scorer_fields",
     "scorer_key",
-    "scorer_key_of",
 ]

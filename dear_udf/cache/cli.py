@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .upkeep import MIN_RETENTION_HOURS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
@@ -25,10 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     vacuum.add_argument("path", help="the score cache (a Delta table)")
     vacuum.add_argument("--keep-scorer-key", action="append", dest="keep", metavar="KEY",
                         help="keep this scorer key's entries and delete every other key's (repeatable)")
+    vacuum.add_argument("--drop-scorer-key", action="append", dest="drop", metavar="KEY",
+                        help="delete this scorer key's entries (repeatable)")
     vacuum.add_argument("--older-than-days", type=float, metavar="N", help="delete entries scored more than N days ago")
     vacuum.add_argument("--retention-hours", type=int, metavar="H",
-                        help="remove unreferenced files older than H hours (default: the table's, 168); "
-                        "0 frees space at once but can break a run reading the cache meanwhile")
+                        help=f"remove files that left the table more than H hours ago (default: Delta's check of the "
+                        f"table's retention, 168); at least {MIN_RETENTION_HOURS}, longer than a night runs")
+    vacuum.add_argument("--allow-short-retention", action="store_true",
+                        help=f"accept --retention-hours below {MIN_RETENTION_HOURS}: only when no run is using the cache. "
+                        "A night reading it meanwhile fails on a missing file, or with spark.sql.files.ignoreMissingFiles "
+                        "silently loses its hits")
     vacuum.add_argument("--json", action="store_true", help="print JSON instead of a line")
 
 
@@ -39,8 +47,9 @@ def main(args: argparse.Namespace) -> int:
         stats = cache_stats(args.path)
         print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
         return 0
-    result = cache_vacuum(args.path, keep_scorer_keys=args.keep, older_than_days=args.older_than_days,
-                          retention_hours=args.retention_hours)
+    result = cache_vacuum(args.path, keep_scorer_keys=args.keep, drop_scorer_keys=args.drop,
+                          older_than_days=args.older_than_days, retention_hours=args.retention_hours,
+                          allow_short_retention=args.allow_short_retention)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

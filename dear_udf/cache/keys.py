@@ -37,6 +37,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from typing import Any
 
 from ..exceptions import ConfigError
@@ -44,7 +45,7 @@ from ..tokenization import Layout
 
 # Bump when the meaning of a key or of a cached score changes (hashing, serialization,
 # what a score is): every entry of an older format then misses.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the environment in the scorer key; entries carry computed_key
 KEY_HEX_CHARS = 32
 CHUNK_HEX_DIGITS = 15  # 60 bits: a positive Spark long after conv(..., 16, 10)
 
@@ -66,8 +67,20 @@ def _plain(value: Any, name: str) -> Any:
     )
 
 
-def scorer_fields(*, fingerprint: str, dtype: str, layout: Layout) -> dict[str, Any]:
-    """What the scorer key hashes, as a JSON-ready mapping (for logs and the run summary)."""
+def model_fields(
+    *,
+    fingerprint: str,
+    dtype: str,
+    layout: Layout,
+    attn_implementation: str = "sdpa",
+    base_fingerprint: str | None = None,
+    adapter_fingerprint: str | None = None,
+) -> dict[str, Any]:
+    """What the scorer key covers of the model and its settings (not the environment).
+
+    ``fingerprint`` covers every file loading reads (``model.fingerprint_files``); the
+    base's and the adapter's own fingerprints are recorded beside it for ``cache stats``.
+    """
     from ..model import DTYPES
 
     if not isinstance(fingerprint, str) or not fingerprint:
@@ -78,26 +91,101 @@ def scorer_fields(*, fingerprint: str, dtype: str, layout: Layout) -> dict[str, 
         raise ConfigError(f"layout must be a Layout, got {type(layout).__name__}.")
     return {
         "format": FORMAT_VERSION,
-        "fingerprint": fingerprint,
+        "model": {"fingerprint": fingerprint, "base": base_fingerprint, "adapter": adapter_fingerprint},
         "dtype": dtype,
+        "attn_implementation": attn_implementation,
         "layout": {f.name: _plain(getattr(layout, f.name), f.name) for f in dataclasses.fields(layout)},
     }
 
 
-def scorer_key(*, fingerprint: str, dtype: str, layout: Layout) -> str:
-    """The scorer key: 32 hex characters naming (model files, dtype, layout, format).
+def model_fields_of(info: Any, layout: Layout) -> dict[str, Any]:
+    """``model_fields`` of a ``model.ModelInfo`` (from ``inspect_model``) under ``layout``."""
+    return model_fields(
+        fingerprint=info.fingerprint,
+        dtype=info.spec.dtype,
+        layout=layout,
+        attn_implementation=info.spec.attn_implementation,
+        base_fingerprint=info.base_fingerprint,
+        adapter_fingerprint=info.adapter_fingerprint,
+    )
+
+
+# The libraries whose versions can change a score: the forward pass (torch), the model's
+# code (transformers), the ids (tokenizers) and, with an adapter, its merge (peft).
+SCORING_LIBRARIES = ("torch", "transformers", "tokenizers")
+ADAPTER_LIBRARIES = ("peft",)
+# Environment variables that switch cuBLAS to TF32 whatever torch's settings say.
+TF32_VARIABLES = ("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "NVIDIA_TF32_OVERRIDE")
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _precision(backends: Any, name: str) -> str:
+    """The effective float32 precision of one backend's matmuls: torch's new API says "none"
+    for "as the generic setting", whose "none" is full IEEE float32."""
+    own = getattr(getattr(backends, name).matmul, "fp32_precision", "none")
+    generic = getattr(backends, "fp32_precision", "none")
+    return own if own != "none" else generic if generic != "none" else "ieee"
+
+
+def _matmul(torch: Any) -> dict[str, Any]:
+    """How float32 matrix products run in this process: TF32 on a GPU differs from IEEE
+    float32 by ~1e-3, and oneDNN may run them in bf16 on a CPU ("medium" precision)."""
+    found: dict[str, Any] = {}
+    for name, read in (
+        ("float32_matmul_precision", torch.get_float32_matmul_precision),
+        ("cuda", lambda: _precision(torch.backends, "cuda")),
+        ("cpu", lambda: _precision(torch.backends, "mkldnn")),
+    ):
+        try:
+            found[name] = read()
+        except Exception:  # noqa: BLE001 - an API torch dropped or refuses to mix: say so
+            found[name] = "unknown"
+    found.update({name: os.environ[name] for name in TF32_VARIABLES if name in os.environ})
+    return found
+
+
+def environment(device: str, *, adapter: bool) -> dict[str, Any]:
+    """What the scorer key covers of the process that scores: library versions, the
+    device type and how float32 matrix products run. Read on the executor that scores;
+    the driver reads its own to predict the executors' (``scorer_fields``).
 
     Example:
-        >>> scorer_key(fingerprint="ab" * 32, dtype="float32", layout=Layout())  # doctest: +SKIP
+        >>> environment("cpu", adapter=False)["device"]
+        'cpu'
+    """
+    import torch
+
+    libraries = SCORING_LIBRARIES + (ADAPTER_LIBRARIES if adapter else ())
+    return {
+        "libraries": {name: _version(name) for name in libraries},
+        "device": torch.device(device).type,
+        "matmul": _matmul(torch),
+    }
+
+
+def scorer_fields(model: dict[str, Any], environment: dict[str, Any]) -> dict[str, Any]:
+    """Everything a scorer key hashes: ``model_fields`` and an ``environment``."""
+    return {**model, "environment": environment}
+
+
+def scorer_key(fields: dict[str, Any]) -> str:
+    """The scorer key: 32 hex characters naming ``scorer_fields`` (model files, dtype,
+    attention, layout, libraries, device, matmul precision, format).
+
+    Example:
+        >>> scorer_key(scorer_fields(model_fields_of(info, Layout()), environment("cpu", adapter=False)))  # doctest: +SKIP
         '5f0c...'
     """
-    payload = json.dumps(scorer_fields(fingerprint=fingerprint, dtype=dtype, layout=layout), sort_keys=True, separators=(",", ":"))
+    payload = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:KEY_HEX_CHARS]
-
-
-def scorer_key_of(info: Any, layout: Layout) -> str:
-    """The scorer key of a ``model.ModelInfo`` (from ``inspect_model``) under ``layout``."""
-    return scorer_key(fingerprint=info.fingerprint, dtype=info.spec.dtype, layout=layout)
 
 
 def _capped(value: Any, char_cap: int | None) -> str | None:

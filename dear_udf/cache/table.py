@@ -22,36 +22,46 @@ import datetime as dt
 import os
 import random
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
 
 from .. import schema as S
 from ..exceptions import DearRerankError
+from ..paths import location
 
-SCORER_KEY = "scorer_key"
+SCORER_KEY = S.SCORER_KEY
 PAIR_KEY = "pair_key"
 SCORED_AT = "scored_at"
+SCORER = "scorer"  # what the scorer key hashes, as JSON: for ``cache stats``
 
 CACHE_ARROW_SCHEMA = pa.schema(
     [
         (SCORER_KEY, pa.string()),
         (PAIR_KEY, pa.string()),
         (S.SCORE, pa.float32()),
-        # What the run summary counts per pair (layout.Encoded), so a night served from
-        # the cache reports the same pooling warnings as the night that scored it.
+        # What the run summary counts per pair (tokenization.Encoded), so a night served
+        # from the cache reports the same pooling warnings as the night that scored it.
         (S.POOLED_EARLY, pa.bool_()),
         (S.POOLED_IN_QUERY, pa.bool_()),
+        # What the forward pass computed: the job ties a query's pairs that share it.
+        (S.COMPUTED_KEY, pa.string()),
         # For people who inspect the cache; lookups read none of these.
         (S.QUERY_ID, pa.string()),
         (S.DOC_ID, pa.string()),
         (S.RUN_ID, pa.string()),
         (SCORED_AT, pa.timestamp("us", tz="UTC")),
+        (SCORER, pa.string()),
     ]
 )
+# Columns a cache written before format 2 lacks. Such a cache is still a score cache: its
+# entries are under format-1 scorer keys, which no run asks for any more, and the first
+# append adds the columns (schema evolution; no rewrite).
+ADDED_IN_FORMAT_2 = (S.COMPUTED_KEY, SCORER)
 PARTITION_BY = [SCORER_KEY]
 # What a lookup returns per pair key, in the order ``pick_one`` breaks ties.
-ENTRY_COLUMNS = (S.SCORE, S.POOLED_EARLY, S.POOLED_IN_QUERY)
+ENTRY_COLUMNS = (S.SCORE, S.POOLED_EARLY, S.POOLED_IN_QUERY, S.COMPUTED_KEY)
 APPEND_ATTEMPTS = 10
 
 
@@ -59,15 +69,9 @@ class CacheError(DearRerankError):
     """The score cache's path holds something else, or it could not be read or written."""
 
 
-def _local_path(uri: str) -> str | None:
-    if uri.startswith("file://"):
-        return uri[len("file://"):]
-    return None if "://" in uri else uri
-
-
 def _refuse_foreign_folder(uri: str) -> None:
     """A local path that cannot be a cache: a file, or a folder of other things."""
-    local = _local_path(uri)
+    local = location(uri).local
     if local is None or not os.path.exists(local):
         return
     if not os.path.isdir(local):
@@ -81,12 +85,31 @@ def _refuse_foreign_folder(uri: str) -> None:
         )
 
 
+def deltalake_uri(uri: str) -> str:
+    """What ``deltalake`` is given for the cache at ``uri``; refuses a store it cannot open."""
+    found = location(uri).for_deltalake
+    if found is None:
+        raise CacheError(
+            f"{uri}: deltalake cannot open a score cache there; a {location(uri).scheme}: cache is read and written "
+            "through Spark's Delta (Databricks has it; spark-submit adds --packages io.delta:delta-spark_2.13)."
+        )
+    return found
+
+
+def cache_schema_difference(schema: pa.Schema) -> str | None:
+    """None for the cache's schema, or for a cache of format 1 (``ADDED_IN_FORMAT_2``
+    missing); else what differs from the current schema."""
+    diff = S.schema_difference(schema, CACHE_ARROW_SCHEMA)
+    older = pa.schema([f for f in CACHE_ARROW_SCHEMA if f.name not in ADDED_IN_FORMAT_2])
+    return None if diff is None or S.schema_difference(schema, older) is None else diff
+
+
 def _open(uri: str, storage_options: dict[str, str] | None):
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        return DeltaTable(uri, storage_options=storage_options)
+        return DeltaTable(deltalake_uri(uri), storage_options=storage_options)
     except TableNotFoundError:
         return None
 
@@ -106,11 +129,13 @@ def check_cache(uri: str, *, storage_options: dict[str, str] | None = None):
     _refuse_foreign_folder(uri)
     try:
         table = _open(uri, storage_options)
+    except CacheError:
+        raise
     except Exception as exc:  # deltalake raises its own error types per store
         raise CacheError(f"{uri}: cannot open the score cache ({' '.join(str(exc).split()[:40])}).") from exc
     if table is None:
         return None
-    diff = S.schema_difference(pa.schema(table.schema().to_arrow()), CACHE_ARROW_SCHEMA)
+    diff = cache_schema_difference(pa.schema(table.schema().to_arrow()))
     if diff:
         raise CacheError(f"{uri}: not a score cache: the Delta table's schema differs from the cache's: {diff}.")
     partitions = list(table.metadata().partition_columns)
@@ -135,7 +160,7 @@ def open_cache(uri: str, *, storage_options: dict[str, str] | None = None):
     if table is not None:
         return table
     try:
-        DeltaTable.create(uri, CACHE_ARROW_SCHEMA, mode="error", partition_by=PARTITION_BY, storage_options=storage_options)
+        DeltaTable.create(deltalake_uri(uri), CACHE_ARROW_SCHEMA, mode="error", partition_by=PARTITION_BY, storage_options=storage_options)
     except DeltaError:  # another process created it first: use theirs, after the checks
         pass
     table = check_cache(uri, storage_options=storage_options)
@@ -147,31 +172,42 @@ def open_cache(uri: str, *, storage_options: dict[str, str] | None = None):
 def entries_table(
     scores: pa.Table,
     *,
-    scorer_key: str,
     run_id: str,
+    scorer_key: str | None = None,
+    scorers: Mapping[str, str] | None = None,
     scored_at: dt.datetime | None = None,
 ) -> pa.Table:
     """Cache rows from scores: ``pair_key, score`` and optionally ``pooled_early``,
-    ``pooled_in_query``, ``query_id``, ``doc_id``. Rows whose score is NaN or infinite are
-    left out: a cache never serves a score the run would refuse."""
+    ``pooled_in_query``, ``computed_key``, ``query_id``, ``doc_id``.
+
+    The scorer key is each row's ``scorer_key`` (the key of the process that scored it),
+    else ``scorer_key``; ``scorers`` maps a scorer key to what it hashes (JSON, the
+    ``scorer`` column). Rows whose score is NaN or infinite are left out: a cache never
+    serves a score the run would refuse.
+    """
     import pyarrow.compute as pc
 
     S.check_run_id(run_id)
     missing = [c for c in (PAIR_KEY, S.SCORE) if c not in scores.column_names]
     if missing:
         raise CacheError(f"scores to cache lack the column(s) {missing}; they have {scores.column_names}.")
+    if SCORER_KEY not in scores.column_names and not scorer_key:
+        raise CacheError("scores to cache need a scorer_key column or the scorer_key argument.")
     when = scored_at or dt.datetime.now(dt.timezone.utc)
     if when.tzinfo is None:
         raise CacheError(f"scored_at must be timezone-aware, got {when!r}.")
     n = scores.num_rows
+    keys = scores.column(SCORER_KEY).cast(pa.string()) if SCORER_KEY in scores.column_names else pa.chunked_array([pa.array([scorer_key] * n, pa.string())])
+    constant = {
+        SCORER_KEY: keys,
+        S.RUN_ID: pa.array([run_id] * n, pa.string()),
+        SCORED_AT: pa.array([when] * n, pa.timestamp("us", tz="UTC")),
+        SCORER: _scorer_column(keys, scorers or {}),
+    }
     columns = []
     for field in CACHE_ARROW_SCHEMA:
-        if field.name == SCORER_KEY:
-            columns.append(pa.array([scorer_key] * n, pa.string()))
-        elif field.name == S.RUN_ID:
-            columns.append(pa.array([run_id] * n, pa.string()))
-        elif field.name == SCORED_AT:
-            columns.append(pa.array([when] * n, field.type))
+        if field.name in constant:
+            columns.append(constant[field.name])
         elif field.name in scores.column_names:
             columns.append(scores.column(field.name).cast(field.type))
         else:
@@ -181,19 +217,38 @@ def entries_table(
     return table.filter(pc.fill_null(finite, False))
 
 
-def append_entries(uri: str, entries: pa.Table, *, storage_options: dict[str, str] | None = None) -> int | None:
+def _scorer_column(keys: Any, scorers: Mapping[str, str]) -> Any:
+    import pyarrow.compute as pc
+
+    known = sorted(scorers)
+    where = pc.index_in(keys, value_set=pa.array(known, pa.string()))
+    return pc.take(pa.array([scorers[k] for k in known], pa.string()), where)
+
+
+def append_entries(
+    uri: str,
+    entries: pa.Table,
+    *,
+    transaction: tuple[str, int] | None = None,
+    storage_options: dict[str, str] | None = None,
+) -> int | None:
     """Append cache rows (``CACHE_ARROW_SCHEMA``) as ONE Delta commit; returns the table
     version read right after it (a concurrent writer's later commit may be in it already).
 
     Nothing is committed for no rows (returns None). Retries from a fresh snapshot when a
-    concurrent writer won the commit race, so concurrent appends all land.
+    concurrent writer won the commit race, so concurrent appends all land. With
+    ``transaction`` (an application id and a version, Delta's idempotent-write marker) a
+    retry first asks the table whether the failed attempt's commit landed after all (its
+    marker is recorded): then nothing is written twice.
 
     Raises:
         CacheError: the path is not a score cache (``check_cache``), the rows are off-schema,
             or the commit still failed after ``APPEND_ATTEMPTS`` attempts.
     """
-    from deltalake import write_deltalake
+    from deltalake import CommitProperties, Transaction, write_deltalake
     from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError
+
+    from .. import hooks
 
     diff = S.schema_difference(entries.schema, CACHE_ARROW_SCHEMA)
     if diff:
@@ -202,14 +257,21 @@ def append_entries(uri: str, entries: pa.Table, *, storage_options: dict[str, st
         return None
     entries = entries.cast(CACHE_ARROW_SCHEMA)
     open_cache(uri, storage_options=storage_options)
+    marker = None if transaction is None else CommitProperties(app_transactions=[Transaction(*transaction)])
     for attempt in range(1, APPEND_ATTEMPTS + 1):
         try:
-            write_deltalake(uri, entries, mode="append", partition_by=PARTITION_BY, storage_options=storage_options)
+            # schema_mode="merge": a cache of format 1 gains the new columns.
+            write_deltalake(deltalake_uri(uri), entries, mode="append", partition_by=PARTITION_BY, schema_mode="merge",
+                            commit_properties=marker, storage_options=storage_options)
+            hooks.at("cache-appended", uri=uri, attempt=attempt)
             table = _open(uri, storage_options)
             return None if table is None else table.version()
         except SchemaMismatchError as exc:
             raise CacheError(f"{uri}: the score cache refused the rows' schema ({exc}).") from exc
         except (CommitFailedError, DeltaError) as exc:
+            table = _open(uri, storage_options)
+            if transaction is not None and table is not None and (table.transaction_version(transaction[0]) or -1) >= transaction[1]:
+                return table.version()  # the commit landed before the error: never write it twice
             if attempt == APPEND_ATTEMPTS:
                 raise CacheError(f"{uri}: appending to the score cache failed after {attempt} attempts ({' '.join(str(exc).split()[:40])}).") from exc
             time.sleep(random.uniform(0.05, 0.2) * attempt)
@@ -225,13 +287,15 @@ def read_entries(
 ) -> pa.Table:
     """Every row of one scorer key (duplicates included), reading only its partition.
 
-    An absent cache reads as no rows.
+    An absent cache reads as no rows; columns a format-1 cache lacks read as nulls.
     """
     table = check_cache(uri, storage_options=storage_options)
     wanted = columns or CACHE_ARROW_SCHEMA.names
     if table is None:
         return CACHE_ARROW_SCHEMA.empty_table().select(wanted)
-    return table.to_pyarrow_table(partitions=[(SCORER_KEY, "=", scorer_key)], columns=wanted)
+    present = set(table.schema().to_arrow().names)
+    found = table.to_pyarrow_table(partitions=[(SCORER_KEY, "=", scorer_key)], columns=[c for c in wanted if c in present])
+    return pa.table({c: found.column(c) if c in present else pa.nulls(found.num_rows, CACHE_ARROW_SCHEMA.field(c).type) for c in wanted})
 
 
 def pick_one(entries: pa.Table) -> pa.Table:

@@ -3,12 +3,14 @@ used (``cache_vacuum``). Both run through ``deltalake`` on the driver, without S
 
 Retention: ``cache_vacuum`` first deletes entries (one Delta commit), then runs Delta's
 VACUUM, which removes the files no longer in the table *and older than the retention*.
-The default is Delta's own, 168 hours (the table's ``delta.deletedFileRetentionDuration``
-when set): a night running while the vacuum runs keeps reading the snapshot it started
-with, whose files must stay on disk until it ends. ``retention_hours=0`` frees the space at
-once; deltalake refuses a retention below the table's unless told not to enforce it
-(``enforce_retention_duration=False``), which ``cache_vacuum`` does when a retention is
-given, because the caller then chose it. Use 0 only when no run is using the cache.
+A night keeps reading the snapshot its lookup started with until it ends (a lost executor
+makes it read those files again), so a file may go only once no running night can still
+need it. The default is Delta's own check, 168 hours (the table's
+``delta.deletedFileRetentionDuration`` when set). A shorter retention may be given down
+to ``MIN_RETENTION_HOURS`` (24 hours: longer than a night runs); below it only with
+``allow_short_retention``, which says no run is reading the cache: a night running
+meanwhile would then fail on a missing file, or with ``spark.sql.files.ignoreMissingFiles``
+silently lose its hits.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..paths import location
 from .keys import KEY_HEX_CHARS
-from .table import SCORED_AT, SCORER_KEY, CacheError, check_cache
+from .. import schema as S
+from .table import SCORED_AT, SCORER, SCORER_KEY, CacheError, check_cache
 
 DELETE_ATTEMPTS = 5
+# The shortest retention given without ``allow_short_retention``: longer than any night runs.
+MIN_RETENTION_HOURS = 24
 
 
 def _folder_bytes(uri: str) -> int | None:
-    local = uri[len("file://"):] if uri.startswith("file://") else (None if "://" in uri else uri)
+    local = location(uri).local
     if local is None:
         return None
     total = 0
@@ -56,12 +62,16 @@ def _existing(uri: str, storage_options: dict[str, str] | None):
 
 
 def cache_stats(uri: str, *, storage_options: dict[str, str] | None = None) -> dict[str, Any]:
-    """Entries, files, bytes and the oldest/newest ``scored_at`` per scorer key.
+    """Per scorer key: entries, files, bytes, the oldest/newest ``scored_at``, the first and
+    last run id, and what the key was computed with (``scorer``: model and adapter
+    fingerprints, dtype, attention, layout, device, library versions, matmul precision;
+    None for entries written before format 2).
 
-    Read from the Delta log's per-file statistics (no data scanned); a file written
-    without statistics makes its scorer key's figures come from a scan of two columns.
-    ``folder_bytes`` counts everything under a local path, including files that left the
-    table and wait for ``cache_vacuum``; ``table_bytes`` counts the table's current files.
+    Read from the Delta log's per-file statistics and one row of the oldest and the newest
+    file of each key (no scan); a file written without statistics makes its scorer key's
+    figures come from a scan of two columns. ``folder_bytes`` counts everything under a
+    local path, including files that left the table and wait for ``cache_vacuum``;
+    ``table_bytes`` counts the table's current files.
 
     Example:
         >>> cache_stats("/tables/score-cache")["entries"]  # doctest: +SKIP
@@ -70,6 +80,7 @@ def cache_stats(uri: str, *, storage_options: dict[str, str] | None = None) -> d
     table = _existing(uri, storage_options)
     adds = pa.table(table.get_add_actions(flatten=True)).to_pylist()
     per_key: dict[str, dict[str, Any]] = {}
+    ends: dict[str, dict[str, Any]] = {}
     unstated: set[str] = set()
     for add in adds:
         key = add.get(f"partition.{SCORER_KEY}")
@@ -84,12 +95,17 @@ def cache_stats(uri: str, *, storage_options: dict[str, str] | None = None) -> d
         if records:
             row["oldest"] = low if row["oldest"] is None else min(row["oldest"], low)
             row["newest"] = high if row["newest"] is None else max(row["newest"], high)
+            end = ends.setdefault(key, {"first": (low, add["path"]), "last": (high, add["path"])})
+            end["first"] = min(end["first"], (low, add["path"]))
+            end["last"] = max(end["last"], (high, add["path"]))
     for key in unstated:  # exact figures for files without statistics
         import pyarrow.compute as pc
 
         times = table.to_pyarrow_table(partitions=[(SCORER_KEY, "=", key)], columns=[SCORED_AT]).column(SCORED_AT)
         low_high = pc.min_max(times).as_py()
         per_key[key].update(entries=len(times), oldest=low_high["min"], newest=low_high["max"])
+    for key, row in per_key.items():
+        row.update(_described(table, ends.get(key)))
     rows = sorted(per_key.values(), key=lambda r: (r["newest"] is None, -(r["newest"].timestamp() if r["newest"] else 0), str(r[SCORER_KEY])))
     for row in rows:
         row["oldest"], row["newest"] = _iso(row["oldest"]), _iso(row["newest"])
@@ -103,6 +119,52 @@ def cache_stats(uri: str, *, storage_options: dict[str, str] | None = None) -> d
     }
 
 
+def _first_row(table: Any, path: str, columns: list[str]) -> dict[str, Any]:
+    """The first row of one data file of the table (only ``columns`` it holds)."""
+    from urllib.parse import unquote
+
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+    from deltalake.fs import DeltaStorageHandler
+
+    fs = pafs.PyFileSystem(DeltaStorageHandler(table.table_uri))
+    handle = pq.ParquetFile(fs.open_input_file(unquote(path)))
+    present = [c for c in columns if c in handle.schema_arrow.names]
+    if not present or handle.metadata.num_rows == 0:
+        return {}
+    return handle.read_row_group(0, columns=present).slice(0, 1).to_pylist()[0]
+
+
+def _described(table: Any, ends: dict[str, Any] | None) -> dict[str, Any]:
+    """``first_run_id``, ``last_run_id`` and ``scorer`` from the oldest and newest files."""
+    import json
+
+    if ends is None:
+        return {"first_run_id": None, "last_run_id": None, "scorer": None}
+    first = _first_row(table, ends["first"][1], [S.RUN_ID])
+    last = _first_row(table, ends["last"][1], [S.RUN_ID, SCORER])
+    scorer = last.get(SCORER)
+    return {"first_run_id": first.get(S.RUN_ID), "last_run_id": last.get(S.RUN_ID), "scorer": json.loads(scorer) if scorer else None}
+
+
+def scorer_summary(scorer: dict[str, Any] | None) -> str:
+    """One line of what a scorer key was computed with, for ``format_stats``."""
+    if not scorer:
+        return "computed with: not recorded (written before format 2; no run reads these entries)"
+    model = scorer.get("model", {})
+    env = scorer.get("environment", {})
+    libraries = " ".join(f"{name} {version}" for name, version in sorted(env.get("libraries", {}).items()))
+    parts = [
+        f"model {str(model.get('base'))[:16]}",
+        f"adapter {str(model.get('adapter'))[:16]}" if model.get("adapter") else "no adapter",
+        f"dtype {scorer.get('dtype')}",
+        f"device {env.get('device')}",
+        f"matmul {env.get('matmul', {}).get('float32_matmul_precision')}",
+        libraries,
+    ]
+    return "computed with: " + ", ".join(p for p in parts if p)
+
+
 def _size(n: int | None) -> str:
     if n is None:
         return "-"
@@ -114,14 +176,19 @@ def _size(n: int | None) -> str:
 
 
 def format_stats(stats: dict[str, Any]) -> str:
-    """``cache_stats`` as a small table, newest scorer key first."""
-    header = (SCORER_KEY, "entries", "files", "size", "oldest", "newest")
+    """``cache_stats`` as a small table, newest scorer key first, each key followed by
+    what it was computed with."""
+    header = (SCORER_KEY, "entries", "files", "size", "oldest", "newest", "runs")
     body = [
-        (r[SCORER_KEY], f"{r['entries']:,}", str(r["files"]), _size(r["bytes"]), r["oldest"] or "-", r["newest"] or "-")
+        (r[SCORER_KEY], f"{r['entries']:,}", str(r["files"]), _size(r["bytes"]), r["oldest"] or "-", r["newest"] or "-",
+         f"{r['first_run_id'] or '-'} .. {r['last_run_id'] or '-'}")
         for r in stats["scorer_keys"]
     ]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i in (0, 4, 5) else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in [header, *body]]
+    lines = ["  ".join(cell.ljust(w) if i in (0, 4, 5, 6) else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in [header]]
+    for row, described in zip(body, stats["scorer_keys"]):
+        lines.append("  ".join(cell.ljust(w) if i in (0, 4, 5, 6) else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+        lines.append("    " + scorer_summary(described["scorer"]))
     lines.append(
         f"{stats['path']}: {stats['entries']:,} entries under {len(body)} scorer key(s), "
         f"{_size(stats['table_bytes'])} in the table, {_size(stats['folder_bytes'])} on disk, version {stats['version']}"
@@ -136,10 +203,12 @@ def _check_keys(keys: list[str]) -> list[str]:
     return keys
 
 
-def _predicate(keep: list[str] | None, cutoff: dt.datetime | None) -> str | None:
+def _predicate(keep: list[str] | None, drop: list[str], cutoff: dt.datetime | None) -> str | None:
     parts = []
     if keep is not None:
         parts.append(f"{SCORER_KEY} NOT IN ({', '.join(repr(k) for k in keep)})" if keep else "TRUE")
+    if drop:
+        parts.append(f"{SCORER_KEY} IN ({', '.join(repr(k) for k in drop)})")
     if cutoff is not None:
         # A string literal is coerced to the column's type (timestamp, UTC); a typed
         # timestamp literal is not comparable with it in delta-rs' SQL.
@@ -166,8 +235,10 @@ def cache_vacuum(
     uri: str,
     *,
     keep_scorer_keys: list[str] | None = None,
+    drop_scorer_keys: list[str] | None = None,
     older_than_days: float | None = None,
     retention_hours: int | None = None,
+    allow_short_retention: bool = False,
     now: dt.datetime | None = None,
     storage_options: dict[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -177,9 +248,13 @@ def cache_vacuum(
         uri: the cache.
         keep_scorer_keys: keep only these scorer keys' entries (None: keep every key;
             an empty list deletes every entry).
+        drop_scorer_keys: delete these scorer keys' entries.
         older_than_days: also delete entries scored more than this many days before ``now``.
         retention_hours: files that left the table are removed once older than this
-            (default: the table's retention, 168 hours); see the module docstring.
+            (default: Delta's check of the table's retention, 168 hours); at least
+            ``MIN_RETENTION_HOURS``, see the module docstring.
+        allow_short_retention: accept a retention below ``MIN_RETENTION_HOURS``: the caller
+            says no run is reading the cache.
         now: the reference time of ``older_than_days`` (default: now).
 
     Returns:
@@ -192,12 +267,19 @@ def cache_vacuum(
         {'entries_deleted': 120000, ...}
     """
     keep = None if keep_scorer_keys is None else _check_keys(list(keep_scorer_keys))
+    drop = _check_keys(list(drop_scorer_keys or []))
     if older_than_days is not None and not (isinstance(older_than_days, (int, float)) and older_than_days >= 0):
         raise CacheError(f"older_than_days must be a non-negative number, got {older_than_days!r}.")
     if retention_hours is not None and (not isinstance(retention_hours, int) or isinstance(retention_hours, bool) or retention_hours < 0):
         raise CacheError(f"retention_hours must be a non-negative integer, got {retention_hours!r}.")
+    if retention_hours is not None and retention_hours < MIN_RETENTION_HOURS and not allow_short_retention:
+        raise CacheError(
+            f"retention_hours={retention_hours} is below {MIN_RETENTION_HOURS} hours: a night reading the cache meanwhile "
+            "would fail on a missing file (or, with spark.sql.files.ignoreMissingFiles, silently lose its hits). Pass "
+            "--allow-short-retention (allow_short_retention=True) only when no run is using the cache."
+        )
     cutoff = None if older_than_days is None else (now or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(days=older_than_days)
-    predicate = _predicate(keep, cutoff)
+    predicate = _predicate(keep, drop, cutoff)
     before = cache_stats(uri, storage_options=storage_options)
     deleted = 0 if predicate is None else _delete(uri, predicate, storage_options)
     table = _existing(uri, storage_options)

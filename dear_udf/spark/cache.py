@@ -10,10 +10,11 @@ the scorer reads.
 Reading (``read_cache``, ``lookup``) and appending (``append_chunk``) go through Spark's
 Delta when the session has it (``session.has_spark_delta``), else through ``deltalake``:
 
-- reading: deltalake lists the scorer key's files (partition pruning in the Delta log)
-  and Spark reads those Parquet files itself, in parallel; a table using reader features
-  Spark's plain Parquet reader cannot honour (deletion vectors, column mapping), or a
-  remote one, is read by deltalake into Arrow on the driver instead;
+- reading: deltalake lists the scorer key's files (partition pruning in the Delta log),
+  local or remote, and Spark reads those Parquet files itself, in parallel; nothing goes
+  through the driver's memory. Where that is impossible (a ``dbfs:`` or ``hdfs:`` cache,
+  which deltalake cannot open, or a table using reader features a plain Parquet reader
+  cannot honour) the run is refused in words: it needs Spark's Delta;
 - appending: the chunk's rows are collected to the driver as Arrow (one chunk bounds what
   the driver holds) and committed by deltalake as one append.
 
@@ -25,7 +26,9 @@ nulls first).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
+
+import pyarrow as pa
 
 from .. import schema as S
 from ..cache.keys import CHUNK_HEX_DIGITS, DOC_TAG, KEY_HEX_CHARS, PAIR_TAG, QUERY_TAG
@@ -35,18 +38,18 @@ from ..cache.table import (
     PAIR_KEY,
     PARTITION_BY,
     SCORED_AT,
+    SCORER,
     SCORER_KEY,
     CacheError,
     append_entries,
+    cache_schema_difference,
     check_cache,
     entries_table,
 )
+from ..paths import Location, location
 
 QUERY_HASH = "query_hash"
 DOC_HASH = "doc_hash"
-CHUNK = "chunk"
-Reader = Literal["auto", "spark-delta", "files", "arrow"]
-Writer = Literal["auto", "spark-delta", "deltalake"]
 
 
 # -- keys ----------------------------------------------------------------------------------
@@ -125,123 +128,128 @@ def _spark_delta_table(spark: Any, uri: str) -> bool:
     when nothing or an empty folder is there; refuses anything else."""
     from delta.tables import DeltaTable
 
+    from . import hadoop
+
     if not DeltaTable.isDeltaTable(spark, uri):
-        jpath = spark._jvm.org.apache.hadoop.fs.Path(uri)
-        fs = jpath.getFileSystem(spark._jsc.hadoopConfiguration())
-        if fs.exists(jpath) and (not fs.getFileStatus(jpath).isDirectory() or len(fs.listStatus(jpath)) > 0):
+        entries = hadoop.entries(spark, uri)
+        if entries is not None and entries:
             raise CacheError(f"{uri}: the score cache path holds something that is not a Delta table.")
         return False
     table = spark.read.format("delta").load(uri)
-    want = {f.name: f.dataType.simpleString() for f in S.spark_schema(CACHE_ARROW_SCHEMA)}
-    got = {f.name: f.dataType.simpleString() for f in table.schema}
-    if got != want:
-        raise CacheError(f"{uri}: not a score cache: the Delta table's columns are {got}, expected {want}.")
+    diff = cache_schema_difference(pa.schema([pa.field(f.name, _arrow_type(f.dataType)) for f in table.schema]))
+    if diff:
+        raise CacheError(f"{uri}: not a score cache: the Delta table's schema differs from the cache's: {diff}.")
     return True
 
 
-def _empty_entries(spark: Any) -> Any:
+def _arrow_type(spark_type: Any) -> Any:
+    from pyspark.sql.pandas.types import to_arrow_type
+
+    return to_arrow_type(spark_type)
+
+
+def _entry_schema(spark: Any) -> Any:
+    """The cache's columns but ``scorer_key`` (the partition column, not in the files)."""
     from pyspark.sql.types import StructType
 
-    schema = S.spark_schema(CACHE_ARROW_SCHEMA)
-    return spark.createDataFrame([], StructType([f for f in schema if f.name != SCORER_KEY]))
+    return StructType([f for f in S.spark_schema(CACHE_ARROW_SCHEMA) if f.name != SCORER_KEY])
 
 
-def _file_uris(table: Any, scorer_key: str) -> list[str]:
+def _files(table: Any, where: Location, scorer_key: str) -> list[str]:
+    """The files of one scorer key, as Spark must be given them: written the way the user
+    wrote the cache's location (deltalake may spell a URI's scheme its own way)."""
     try:
-        return table.file_uris(file_pruning_predicate=[(SCORER_KEY, "=", scorer_key)])
+        found = table.file_uris(file_pruning_predicate=[(SCORER_KEY, "=", scorer_key)])
     except TypeError:  # deltalake before 1.6
-        return table.file_uris(partition_filters=[(SCORER_KEY, "=", scorer_key)])
+        found = table.file_uris(partition_filters=[(SCORER_KEY, "=", scorer_key)])
+    if where.is_local:
+        return found
+    root = table.table_uri.rstrip("/") + "/"
+    return [where.join(f[len(root):]).text if f.startswith(root) else f for f in found]
 
 
-def read_entries(
-    spark: Any,
-    uri: str,
-    *,
-    scorer_key: str,
-    reader: Reader = "auto",
-    storage_options: dict[str, str] | None = None,
-) -> Any:
-    """Every cache row of one scorer key, duplicates included (all columns but ``scorer_key``).
+def read_entries(spark: Any, uri: str, *, scorer_key: str, spark_delta: bool | None = None) -> Any:
+    """Every cache row of one scorer key, duplicates included (all columns but
+    ``scorer_key``), read by Spark in parallel; never through the driver's memory.
 
-    An absent cache reads as no rows. ``reader``: ``"spark-delta"`` (Spark's Delta),
-    ``"files"`` (deltalake lists the files, Spark reads them), ``"arrow"`` (deltalake
-    reads into Arrow on the driver); ``"auto"`` picks the first that applies.
+    With Spark's Delta (``spark_delta``, default: whether the session has it) the table is
+    read at the version current now. Else ``deltalake`` lists the scorer key's files (its
+    partition, from the Delta log) and Spark reads those Parquet files; columns a cache of
+    format 1 lacks read as nulls. An absent cache reads as no rows.
 
     Raises:
-        CacheError: the path holds something other than a score cache.
+        CacheError: the path holds something other than a score cache, or the cache
+            cannot be read without Spark's Delta (a ``dbfs:`` or ``hdfs:`` location, or a
+            table using Delta features a plain Parquet reader cannot honour).
     """
     from pyspark.sql import functions as F
 
     from .session import has_spark_delta
 
-    if reader == "auto":
-        reader = "spark-delta" if has_spark_delta(spark) else "files"
+    where = location(uri)
     columns = [f.name for f in CACHE_ARROW_SCHEMA if f.name != SCORER_KEY]
-    if reader == "spark-delta":
-        if not _spark_delta_table(spark, uri):
-            return _empty_entries(spark)
-        # Pinned to the version read now, as the deltalake readers are: re-evaluated later,
+    empty = spark.createDataFrame([], _entry_schema(spark))
+    if spark_delta if spark_delta is not None else has_spark_delta(spark):
+        if not _spark_delta_table(spark, where.for_spark):
+            return empty
+        # Pinned to the version read now, as the file list below is: re-evaluated later,
         # the lookup must not see chunks this run committed since.
         from delta.tables import DeltaTable
 
-        version = DeltaTable.forPath(spark, uri).history(1).select("version").collect()[0][0]
-        table = spark.read.format("delta").option("versionAsOf", version).load(uri)
-        return table.where(F.col(SCORER_KEY) == scorer_key).select(*columns)
-    if reader not in ("files", "arrow"):
-        raise CacheError(f"reader must be 'auto', 'spark-delta', 'files' or 'arrow', got {reader!r}.")
-    table = check_cache(uri, storage_options=storage_options)
+        version = DeltaTable.forPath(spark, where.for_spark).history(1).select("version").collect()[0][0]
+        table = spark.read.format("delta").option("versionAsOf", version).load(where.for_spark)
+        present = set(table.columns)
+        picked = [F.col(c) if c in present else F.lit(None).cast(_spark_type(c)).alias(c) for c in columns]
+        return table.where(F.col(SCORER_KEY) == scorer_key).select(*picked)
+    table = check_cache(uri)
     if table is None:
-        return _empty_entries(spark)
+        return empty
     protocol = table.protocol()
-    plain = protocol.min_reader_version < 2 and not (protocol.reader_features or [])
-    local = "://" not in uri or uri.startswith("file://")
-    if reader == "files" and plain and local:
-        files = _file_uris(table, scorer_key)
-        if not files:
-            return _empty_entries(spark)
-        return spark.read.schema(_empty_entries(spark).schema).parquet(*files).select(*columns)
-    arrow = table.to_pyarrow_table(partitions=[(SCORER_KEY, "=", scorer_key)], columns=columns)
-    if arrow.num_rows == 0:
-        return _empty_entries(spark)
-    return spark.createDataFrame(arrow).select(*columns)
+    if protocol.min_reader_version >= 2 or protocol.reader_features:
+        raise CacheError(
+            f"{uri}: the score cache uses Delta reader features ({protocol.reader_features or 'reader version ' + str(protocol.min_reader_version)}) "
+            "that only Spark's Delta reads; run with a Spark session that has Delta (Databricks, or --packages io.delta:delta-spark_2.13)."
+        )
+    files = _files(table, where, scorer_key)
+    if not files:
+        return empty
+    return spark.read.schema(_entry_schema(spark)).parquet(*files).select(*columns)
 
 
 def pick_one(entries: Any) -> Any:
     """One row per pair key (``pair_key`` + ``ENTRY_COLUMNS``): the earliest ``scored_at``,
-    then the lowest score, then the flags, nulls first (Spark's struct order);
-    ``cache.table.pick_one``'s rule."""
+    then the lowest score, then the other columns, nulls first (Spark's struct order).
+    Deterministic whatever the file order, so every reader of one table version sees the
+    same score for a pair scored twice (two runs at once)."""
     from pyspark.sql import functions as F
 
     best = F.min(F.struct(F.col(SCORED_AT), *[F.col(c) for c in ENTRY_COLUMNS])).alias("_best")
     return entries.groupBy(PAIR_KEY).agg(best).select(PAIR_KEY, *[F.col(f"_best.{c}").alias(c) for c in ENTRY_COLUMNS])
 
 
-def read_cache(
-    spark: Any,
-    uri: str,
-    *,
-    scorer_key: str,
-    reader: Reader = "auto",
-    storage_options: dict[str, str] | None = None,
-) -> Any:
+def read_cache(spark: Any, uri: str, *, scorer_key: str, spark_delta: bool | None = None) -> Any:
     """The cached scores of one scorer key: one row per ``pair_key`` with ``ENTRY_COLUMNS``.
+    Entries without a ``computed_key`` (written before format 2) are left out: they cannot
+    be tied with tonight's scores, so they count as misses.
 
     Example:
         >>> read_cache(spark, "/tables/score-cache", scorer_key=key).count()  # doctest: +SKIP
         1200000
     """
-    return pick_one(read_entries(spark, uri, scorer_key=scorer_key, reader=reader, storage_options=storage_options))
+    from pyspark.sql import functions as F
+
+    entries = read_entries(spark, uri, scorer_key=scorer_key, spark_delta=spark_delta)
+    return pick_one(entries.where(F.col(S.COMPUTED_KEY).isNotNull()))
 
 
 class Lookup(NamedTuple):
-    """``hits``: the pairs found, with ``score``, ``pooled_early``, ``pooled_in_query``
-    added; ``misses``: the pairs not found, columns unchanged. Both lazy: persist ``pairs``
-    (and ``cached``) when both are used.
+    """``hits``: the pairs found, with ``ENTRY_COLUMNS`` added; ``misses``: the pairs not
+    found, columns unchanged. Both lazy: persist ``pairs`` (and ``cached``) when both are
+    used.
 
-    Every reader fixes the table version at the call (the deltalake readers its files,
-    Spark's Delta reader ``versionAsOf``), so a re-evaluated lookup never finds this run's
-    own chunk commits among its hits; persist both so the cache is not read twice
-    (``spark.chunks.lookup``)."""
+    The reader fixes the table version at the call (the file list, or Spark's Delta
+    ``versionAsOf``), so a re-evaluated lookup never finds this run's own chunk commits
+    among its hits; persist both so the cache is not read twice (``spark.chunks.lookup``)."""
 
     hits: Any
     misses: Any
@@ -260,14 +268,7 @@ def split_hits(pairs: Any, cached: Any) -> Lookup:
     return Lookup(hits, misses, cached)
 
 
-def lookup(
-    pairs: Any,
-    *,
-    uri: str,
-    scorer_key: str,
-    reader: Reader = "auto",
-    storage_options: dict[str, str] | None = None,
-) -> Lookup:
+def lookup(pairs: Any, *, uri: str, scorer_key: str, spark_delta: bool | None = None) -> Lookup:
     """Split ``pairs`` into cache hits (with their cached score) and misses.
 
     Example:
@@ -275,27 +276,38 @@ def lookup(
         >>> found.hits.count(), found.misses.count()
         (900000, 100000)
     """
-    cached = read_cache(pairs.sparkSession, uri, scorer_key=scorer_key, reader=reader, storage_options=storage_options)
+    cached = read_cache(pairs.sparkSession, uri, scorer_key=scorer_key, spark_delta=spark_delta)
     return split_hits(pairs, cached)
 
 
 # -- appending -----------------------------------------------------------------------------
 
 
-def _spark_delta_append(scored: Any, uri: str, *, scorer_key: str, run_id: str, when: dt.datetime) -> None:
+def _spark_delta_append(scored: Any, uri: str, *, scorer_key: str, scorers: dict[str, str], run_id: str,
+                        when: dt.datetime, transaction: tuple[str, int] | None) -> None:
     from pyspark.sql import functions as F
 
     _spark_delta_table(scored.sparkSession, uri)  # refuses a path holding something else
-    constants = {SCORER_KEY: F.lit(scorer_key), S.RUN_ID: F.lit(run_id), SCORED_AT: F.lit(when)}
+    key = F.col(SCORER_KEY) if SCORER_KEY in scored.columns else F.lit(scorer_key)
+    described = F.create_map(*[F.lit(x) for pair in sorted(scorers.items()) for x in pair]) if scorers else None
+    constants = {
+        SCORER_KEY: key,
+        S.RUN_ID: F.lit(run_id),
+        SCORED_AT: F.lit(when),
+        SCORER: described[key] if described is not None else F.lit(None),
+    }
     columns = [
-        (constants.get(f.name) if f.name in constants else F.col(f.name) if f.name in scored.columns else F.lit(None))
+        (constants[f.name] if f.name in constants else F.col(f.name) if f.name in scored.columns else F.lit(None))
         .cast(_spark_type(f.name)).alias(f.name)
         for f in CACHE_ARROW_SCHEMA
     ]
     score = F.col(S.SCORE)
     finite = score.isNotNull() & ~F.isnan(score) & (F.abs(score) != float("inf")) & F.col(PAIR_KEY).isNotNull()
+    writer = scored.select(*columns).where(finite).write.format("delta").mode("append").option("mergeSchema", "true")
+    if transaction is not None:  # Delta skips the write when this marker is recorded already
+        writer = writer.option("txnAppId", transaction[0]).option("txnVersion", transaction[1])
     # A blind append: concurrent appends of other runs never conflict with it.
-    scored.select(*columns).where(finite).write.format("delta").mode("append").partitionBy(*PARTITION_BY).save(uri)
+    writer.partitionBy(*PARTITION_BY).save(uri)
 
 
 def append_chunk(
@@ -304,15 +316,20 @@ def append_chunk(
     uri: str,
     scorer_key: str,
     run_id: str,
+    scorers: dict[str, str] | None = None,
+    transaction: tuple[str, int] | None = None,
     scored_at: dt.datetime | None = None,
-    writer: Writer = "auto",
-    storage_options: dict[str, str] | None = None,
+    spark_delta: bool | None = None,
 ) -> dict[str, Any]:
     """Commit one chunk's new scores to the cache as ONE Delta transaction.
 
     ``scored`` holds ``pair_key`` and ``score``, and optionally ``pooled_early``,
-    ``pooled_in_query``, ``query_id``, ``doc_id`` (null when absent). Evaluating it is
-    what runs the chunk's scoring. Rows with a NaN or infinite score are not cached.
+    ``pooled_in_query``, ``computed_key``, ``query_id``, ``doc_id`` (null when absent) and
+    ``scorer_key`` (the key of the process that scored each row; else ``scorer_key``).
+    ``scorers`` maps scorer keys to what they hash (JSON), kept for ``cache stats``.
+    ``transaction`` (application id, version) makes the append idempotent: a retry of a
+    commit that landed writes nothing. Evaluating ``scored`` is what runs the chunk's
+    scoring. Rows with a NaN or infinite score are not cached.
 
     Returns:
         ``writer`` (``"spark-delta"`` or ``"deltalake"``) and, for deltalake, ``rows``
@@ -330,15 +347,13 @@ def append_chunk(
         raise CacheError(f"scores to cache lack {missing}; they have {scored.columns}.")
     S.check_run_id(run_id)
     when = scored_at or dt.datetime.now(dt.timezone.utc)
-    if writer == "auto":
-        writer = "spark-delta" if has_spark_delta(scored.sparkSession) else "deltalake"
-    if writer == "spark-delta":
-        _spark_delta_append(scored, uri, scorer_key=scorer_key, run_id=run_id, when=when)
+    scorers = dict(scorers or {})
+    if spark_delta if spark_delta is not None else has_spark_delta(scored.sparkSession):
+        _spark_delta_append(scored, location(uri).for_spark, scorer_key=scorer_key, scorers=scorers, run_id=run_id,
+                            when=when, transaction=transaction)
         return {"writer": "spark-delta"}
-    if writer != "deltalake":
-        raise CacheError(f"writer must be 'auto', 'spark-delta' or 'deltalake', got {writer!r}.")
-    wanted = [c for c in (PAIR_KEY, S.SCORE, S.POOLED_EARLY, S.POOLED_IN_QUERY, S.QUERY_ID, S.DOC_ID) if c in scored.columns]
+    wanted = [c for c in (PAIR_KEY, S.SCORE, S.POOLED_EARLY, S.POOLED_IN_QUERY, S.COMPUTED_KEY, S.QUERY_ID, S.DOC_ID, SCORER_KEY) if c in scored.columns]
     arrow = scored.select(*wanted).toArrow()
-    entries = entries_table(arrow, scorer_key=scorer_key, run_id=run_id, scored_at=when)
-    version = append_entries(uri, entries, storage_options=storage_options)
+    entries = entries_table(arrow, scorer_key=scorer_key, scorers=scorers, run_id=run_id, scored_at=when)
+    version = append_entries(uri, entries, transaction=transaction)
     return {"writer": "deltalake", "rows": entries.num_rows, "skipped_non_finite": arrow.num_rows - entries.num_rows, "version": version}

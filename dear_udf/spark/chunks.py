@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import shutil
 import time
@@ -31,31 +30,37 @@ from typing import Any
 from .. import schema as S
 from ..cache.keys import chunk_count
 from ..cache.table import PAIR_KEY
+from ..paths import location
 
 log = logging.getLogger(__name__)
 
 
 def scratch_cache_path(output: str, run_id: str) -> str:
     """The scratch cache of a run without ``--cache``: ``.<output name>.<run id>.score-cache``
-    in the output's parent folder, beside the table, never inside it.
+    in the output's parent folder, beside the table, never inside it; written the way the
+    output is (a local path absolute, a URI as a URI: ``paths.Location.sibling``).
 
     Example:
         >>> scratch_cache_path("/tables/reranked", "2026-11-24")
         '/tables/.reranked.2026-11-24.score-cache'
+        >>> scratch_cache_path("dbfs:/tables/reranked", "2026-11-24")
+        'dbfs:/tables/.reranked.2026-11-24.score-cache'
     """
-    head, _, name = output.rstrip("/").rpartition("/")
+    where = location(output)
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
-    return f"{head}/.{name}.{safe}.score-cache" if head or output.startswith("/") else f".{name}.{safe}.score-cache"
+    return where.sibling(f".{where.name}.{safe}.score-cache").text
 
 
 def remove_cache(spark: Any, uri: str) -> None:
     """Delete a scratch cache; a failure is a warning (the output is committed already)."""
+    from . import hadoop
+
+    where = location(uri)
     try:
-        if "://" not in uri or uri.startswith("file://"):
-            shutil.rmtree(uri[len("file://"):] if uri.startswith("file://") else uri, ignore_errors=False)
+        if where.is_local:
+            shutil.rmtree(where.local)
         else:
-            path = spark._jvm.org.apache.hadoop.fs.Path(uri)
-            path.getFileSystem(spark._jsc.hadoopConfiguration()).delete(path, True)
+            hadoop.delete(spark, where.text)
     except FileNotFoundError:
         pass
     except Exception as exc:  # noqa: BLE001 - the night's output is committed; say what is left
@@ -64,21 +69,46 @@ def remove_cache(spark: Any, uri: str) -> None:
 
 @dataclass(frozen=True)
 class CacheTarget:
-    """Where a run's scores are cached, and under which scorer key."""
+    """Where a run's scores are cached, and under which scorer key.
+
+    ``scorer_key`` is the key the driver expects the executors to score under (lookups use
+    it); ``scorer`` what it hashes (JSON). ``transaction_id`` names this run's appends, so
+    that a retried chunk append never lands twice (Delta's idempotent-write marker).
+    """
 
     uri: str
     scorer_key: str
+    scorer: str
     scratch: bool  # removed once the output is committed
+    spark_delta: bool  # read and written through Spark's Delta, else deltalake
+    transaction_id: str
+
+    @property
+    def model_fields(self) -> dict[str, Any]:
+        """What the scorer key covers of the model and settings: the executors add their
+        own environment to it."""
+        import json
+
+        return {k: v for k, v in json.loads(self.scorer).items() if k != "environment"}
 
 
-def cache_target(config: Any, info: Any) -> CacheTarget:
-    from ..cache.keys import scorer_key_of
+def cache_target(config: Any, scorer_fields: dict[str, Any], *, spark_delta: bool) -> CacheTarget:
+    """The run's cache: ``--cache`` (a local path made absolute), or the scratch cache."""
+    import json
+    import uuid
+
+    from ..cache.keys import scorer_key
 
     scratch = config.cache is None
-    uri = scratch_cache_path(config.output, config.run_id) if scratch else config.cache
-    if "://" not in uri:
-        uri = os.path.abspath(uri)
-    return CacheTarget(uri=uri, scorer_key=scorer_key_of(info, config.layout), scratch=scratch)
+    where = location(scratch_cache_path(config.output, config.run_id) if scratch else config.cache)
+    return CacheTarget(
+        uri=where.local or where.text,
+        scorer_key=scorer_key(scorer_fields),
+        scorer=json.dumps(scorer_fields, sort_keys=True),
+        scratch=scratch,
+        spark_delta=spark_delta,
+        transaction_id=f"dear-rerank/{config.run_id}/{uuid.uuid4().hex}",
+    )
 
 
 def keyed_pairs(status: Any, *, char_cap: int | None) -> Any:
@@ -109,11 +139,42 @@ def lookup(run: Any, pairs: Any, target: CacheTarget) -> Split:
     from .cache import lookup as cache_lookup
     from .profile import collect_row
 
-    found = cache_lookup(pairs, uri=target.uri, scorer_key=target.scorer_key)
-    hits = run.keep(scored_columns(found.hits))
+    found = cache_lookup(pairs, uri=target.uri, scorer_key=target.scorer_key, spark_delta=target.spark_delta)
+    hits = run.keep(scored_columns(found.hits.withColumn(S.SCORER_KEY, F.lit(target.scorer_key))))
     misses = run.keep(found.misses)
     counts = collect_row([hits.agg(F.count(F.lit(1)).alias("hits")), misses.agg(F.count(F.lit(1)).alias("misses"))])
     return Split(hits=hits, misses=misses, hit_count=counts["hits"], miss_count=counts["misses"])
+
+
+def check_hits(run: Any, split: Split, pairs: Any, target: CacheTarget, scoring: Any) -> dict[str, Any] | None:
+    """Score again a deterministic sample of the cache's hits (the ``HIT_CHECK_PAIRS``
+    lowest pair keys) before the first chunk, and compare (``cache.check``). Only a night
+    that loads a model anyway (it has misses) pays for it; a disagreeing cache stops the
+    night before any scoring work or commit.
+
+    Returns:
+        The summary's ``hit_check`` (None when the night has no hits or no misses).
+
+    Raises:
+        CacheError: the sample disagrees beyond the dtype's tolerance.
+    """
+    from pyspark.sql import functions as F
+
+    from ..cache.check import HIT_CHECK_PAIRS, compare_hits
+    from .udf import worker_errors
+
+    if split.hit_count == 0 or split.miss_count == 0:
+        return None
+    picked = split.hits.select(PAIR_KEY, S.SCORE).dropDuplicates([PAIR_KEY]).orderBy(PAIR_KEY).limit(HIT_CHECK_PAIRS).collect()
+    cached = {r[PAIR_KEY]: r[S.SCORE] for r in picked}
+    sample = pairs.where(F.col(PAIR_KEY).isin(list(cached))).dropDuplicates([PAIR_KEY])
+    sample = sample.repartition(1).sortWithinPartitions(S.QUERY_ID, S.DOC_ID)
+    with worker_errors():
+        rows = scoring(sample).select(PAIR_KEY, S.SCORE, S.SCORER_KEY).collect()
+    # A task that scored under another key (another device, other libraries) is not the
+    # scorer the cached scores claim to be: comparing them would prove nothing.
+    fresh = {r[PAIR_KEY]: r[S.SCORE] for r in rows if r[S.SCORER_KEY] == target.scorer_key}
+    return compare_hits(cached, fresh, dtype=run.config.model.dtype, scorer_key=target.scorer_key, uri=target.uri)
 
 
 def _eta(seconds: float) -> str:
@@ -122,9 +183,10 @@ def _eta(seconds: float) -> str:
     return _duration(seconds)
 
 
-def score_misses(run: Any, split: Split, target: CacheTarget, scoring: Any) -> list[Any]:
+def score_misses(run: Any, split: Split, target: CacheTarget, scoring: Any, scorers: Any) -> list[Any]:
     """Score the misses chunk by chunk, committing each chunk to the cache; returns the
-    chunks' scored DataFrames (persisted). ``scoring(pairs) -> scored DataFrame``."""
+    chunks' scored DataFrames (persisted). ``scoring(pairs) -> scored DataFrame``;
+    ``scorers``: the accumulator of the scorer keys the tasks scored under."""
     from pyspark.sql import functions as F
 
     from .. import hooks
@@ -146,7 +208,15 @@ def score_misses(run: Any, split: Split, target: CacheTarget, scoring: Any) -> l
         scored = run.keep(scoring(pairs))
         with worker_errors():
             count = scored.count()
-        append_chunk(scored, uri=target.uri, scorer_key=target.scorer_key, run_id=config.run_id)
+        append_chunk(
+            scored,
+            uri=target.uri,
+            scorer_key=target.scorer_key,
+            scorers={target.scorer_key: target.scorer, **scorers.value},
+            run_id=config.run_id,
+            transaction=(target.transaction_id, index),
+            spark_delta=target.spark_delta,
+        )
         seconds = time.perf_counter() - begun
         done += count
         summary.chunks.append({"chunk": index + 1, "pairs": count, "seconds": round(seconds, 3)})

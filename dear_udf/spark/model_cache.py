@@ -2,6 +2,9 @@
 
 Contract of the cache:
 - key: the plain settings that define a scorer (model spec, device, layout, batch sizes);
+  a held scorer is used only while its files' fingerprint is the one the driver expects:
+  on a long-lived application (a notebook, an all-purpose cluster) the model's files may
+  change in place between runs, and the worker then loads them again;
 - lifetime: the Python worker process. Spark reuses workers across tasks when
   ``spark.python.worker.reuse=true`` (the default, and set by ``session.get_session``),
   so a worker loads the model once and keeps it for every later task of the job;
@@ -75,20 +78,39 @@ def visible_index(address: str, visible: str | None) -> int:
     )
 
 
-def get_scorer(key: tuple, spec: Any, device: str, *, layout: Any, batch_size: int, max_tokens: int | None):
+def get_scorer(
+    key: tuple, spec: Any, device: str, *, layout: Any, batch_size: int, max_tokens: int | None, fingerprint: str | None = None
+):
     """Return this worker's scorer for ``key``, loading the model on first use.
+
+    ``fingerprint``: the files the driver fingerprinted. A held scorer of other files (they
+    changed in place since it was loaded) is dropped and the model loaded again; a fresh
+    load that still differs is refused (the executors see other files than the driver).
 
     Returns:
         (scorer, loaded_now): loaded_now is True when this call loaded the model.
     """
+    from ..exceptions import ModelLoadError
+
     with _lock:
-        if key in _cache:
+        held = _cache.get(key)
+        if held is not None and fingerprint and held.loaded.fingerprint != fingerprint:
+            log.info("the files of %s changed since this worker loaded them (%s, now %s): loading them again",
+                     spec.name, held.loaded.fingerprint[:16], fingerprint[:16])
+            del _cache[key]
+            held = None
+        if held is not None:
             _cache.move_to_end(key)
-            return _cache[key], False
+            return held, False
         from ..model import load_model
         from ..scorer import Scorer
 
         loaded = load_model(spec, device=device)
+        if fingerprint and loaded.fingerprint != fingerprint:
+            raise ModelLoadError(
+                f"{spec.name}: the executor loaded files with fingerprint {loaded.fingerprint[:16]}, "
+                f"the driver saw {fingerprint[:16]}; is the model path the same everywhere?"
+            )
         scorer = Scorer(loaded, layout=layout, batch_size=batch_size, max_tokens=max_tokens)
         _cache[key] = scorer
         log.info("loaded %s on %s in %.1fs", spec.name, device, loaded.load_seconds)

@@ -212,21 +212,26 @@ def queries_with_nothing_to_rank(candidates: Any, scored: Any, *, limit: int) ->
     return [r[S.QUERY_ID] for r in nothing.select(S.QUERY_ID).orderBy(S.QUERY_ID).limit(limit).collect()]
 
 
-def tie_pooled_in_query(scored: Any) -> Any:
-    """One score for all the pairs of a query pooled inside the query (the lowest of theirs).
+def tie_computed(scored: Any) -> Any:
+    """One score for the pairs of a query that share a ``computed_key`` (the lowest of theirs).
 
-    Such pairs read the same ids up to the pooled position, whatever their document, so
-    DeAR gives them one score and they tie, ranked by first-stage rank. One scorer call
-    computes them once (``Scorer.score_ids``); pairs served from the cache were scored on
-    other nights, in other batches, where a GPU's last bits may differ: without this, a
-    night mixing cached and new pairs of such a query would rank them by noise.
+    Such pairs read the same ids up to their pooled position, whatever their documents
+    beyond it: every candidate of a query pooled inside the query, documents that agree up
+    to their first bare ``"!"`` under ``first-pad`` ("Oklahoma!", "Yahoo! Answers"),
+    near-duplicates that agree up to the pair cap. DeAR gives them one score and they rank
+    by first-stage rank. One scorer call computes them once (``Scorer.score_ids``); pairs
+    served from the cache were scored on other nights, in other batches, where the last
+    bits may differ: without this, a night mixing cached and new pairs would rank them by
+    noise where an uncached night ties them.
+
+    The window runs on the query's partitioning, which the top-k's window reuses: no
+    second shuffle.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    in_query = F.col(S.POOLED_IN_QUERY)
-    shared = F.min(F.when(in_query, F.col(S.SCORE))).over(Window.partitionBy(S.QUERY_ID))
-    return scored.withColumn(S.SCORE, F.when(in_query, shared).otherwise(F.col(S.SCORE)))
+    shared = F.min(F.col(S.SCORE)).over(Window.partitionBy(S.QUERY_ID, S.COMPUTED_KEY))
+    return scored.repartition(S.QUERY_ID).withColumn(S.SCORE, shared)
 
 
 POOLED_IN_QUERY_LISTED = 10  # query ids named in the summary and the warning; all are counted

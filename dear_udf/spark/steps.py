@@ -9,6 +9,7 @@ is one more function of this shape.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import time
@@ -36,6 +37,7 @@ class Run:
     summary: RunSummary
     started: float
     cache: Any = None  # chunks.CacheTarget: where scores are cached, under which scorer key
+    spark_delta: bool = False  # Delta through Spark (Databricks, --packages), else deltalake: decided once
     report_png: str | None = None  # the report figure, when the run is tracked
     persisted: list[Any] = field(default_factory=list)
 
@@ -77,11 +79,12 @@ def start(config: JobConfig, spark: Any = None) -> Run:
     from .. import hooks, tracking
     from ..model import check_device, inspect_model, resolve_device
     from . import preflight
-    from .session import executors_on_this_machine, get_session
+    from .session import executors_on_this_machine, get_session, has_spark_delta
 
     started = time.perf_counter()
     spark = spark or get_session(master=config.master, conf=config.spark_conf, arrow_batch_size=config.arrow_batch_size)
-    preflight.check_paths(config, spark=spark)  # seconds, before any input is read or model loaded
+    spark_delta = has_spark_delta(spark)
+    preflight.check_paths(config, spark=spark, spark_delta=spark_delta)  # seconds, before any input is read or model loaded
     if executors_on_this_machine(spark):  # local mode: this machine's device; else the executors decide
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, device=resolve_device(config.model.device)))
         check_device(config.model.device)
@@ -93,21 +96,40 @@ def start(config: JobConfig, spark: Any = None) -> Run:
     if injected:  # tests only: a run with injected faults says so
         summary.settings["fault_injection"] = injected
     report_png = tracking.report_path(config.summary_path) if config.mlflow is not None else None
-    cache = _cache_target(config, info, spark, summary)
-    return Run(config=config, spark=spark, info=info, summary=summary, started=started, cache=cache, report_png=report_png)
+    cache = _cache_target(config, info, spark, summary, spark_delta=spark_delta)
+    return Run(config=config, spark=spark, info=info, summary=summary, started=started, cache=cache,
+               report_png=report_png, spark_delta=spark_delta)
 
 
-def _cache_target(config: JobConfig, info: ModelInfo, spark: Any, summary: RunSummary) -> Any:
-    """Where this run caches its scores; a path holding anything but a score cache is refused now."""
+def _cache_target(config: JobConfig, info: ModelInfo, spark: Any, summary: RunSummary, *, spark_delta: bool) -> Any:
+    """Where this run caches its scores, under the scorer key the executors are expected to
+    score under; a path holding anything but a score cache is refused now."""
+    import json
+
+    from ..cache.keys import environment, model_fields_of, scorer_fields
     from ..cache.table import check_cache
     from .chunks import cache_target
-    from .session import has_spark_delta
 
-    target = cache_target(config, info)
-    if not has_spark_delta(spark):  # Spark's Delta checks the table when it reads it
+    fields = scorer_fields(model_fields_of(info, config.layout), environment(_expected_device(config, spark), adapter=config.model.adapter is not None))
+    target = cache_target(config, fields, spark_delta=spark_delta)
+    if not spark_delta:  # Spark's Delta checks the table when it reads it
         check_cache(target.uri)
     summary.cache, summary.cache_scratch, summary.scorer_key = target.uri, target.scratch, target.scorer_key
+    summary.scorer = json.loads(target.scorer)
     return target
+
+
+def _expected_device(config: JobConfig, spark: Any) -> str:
+    """The device the executors will score on, as far as the driver can tell: the one
+    asked for (in local mode resolved on this machine), else a GPU when Spark gives tasks
+    GPUs. A task that ends up elsewhere tags its scores with its own scorer key."""
+    if config.model.device:
+        return config.model.device
+    amount = spark.conf.get("spark.task.resource.gpu.amount", None)
+    try:
+        return "cuda" if amount is not None and float(amount) > 0 else "cpu"
+    except ValueError:
+        return "cpu"
 
 
 def _settings(config: JobConfig, info: ModelInfo) -> dict[str, Any]:
@@ -187,38 +209,47 @@ def join(run: Run, inputs: Inputs) -> Any:
 
 def score(run: Run, status: Any) -> Any:
     """Score the kept pairs the cache lacks, chunk by chunk (``chunks.py``), and return them
-    with the cached ones; refuses non-finite scores."""
+    with the cached ones, a query's pairs that DeAR ties given one score; refuses
+    non-finite scores."""
     from .. import guards
     from ..cache.table import PAIR_KEY
     from . import chunks, stages
-    from .udf import CounterParam, ScoringSettings, score_pairs, worker_errors
+    from .udf import CounterParam, ScorersParam, ScoringSettings, score_pairs, worker_errors
 
     config, summary = run.config, run.summary
     with run.stage("score"):
         counters = run.spark.sparkContext.accumulator({}, CounterParam())
+        scorers = run.spark.sparkContext.accumulator({}, ScorersParam())
         settings = ScoringSettings(
             spec=config.model,
             layout=config.layout,
             batch_size=config.batch_size,
             max_tokens=config.max_tokens,
             expected_fingerprint=run.info.fingerprint,
+            model_fields=run.cache.model_fields,
         )
-        split = chunks.lookup(run, chunks.keyed_pairs(status, char_cap=run.info.char_cap), run.cache)
+
+        def scoring(pairs: Any) -> Any:
+            return score_pairs(pairs, settings, counters, keep=(PAIR_KEY,), scorers=scorers)
+
+        pairs = chunks.keyed_pairs(status, char_cap=run.info.char_cap)
+        split = chunks.lookup(run, pairs, run.cache)
         summary.cache_hits, summary.cache_misses = split.hit_count, split.miss_count
         kept = split.hit_count + split.miss_count
         summary.cache_hit_rate = round(split.hit_count / kept, 6) if kept else 0.0
-        parts = chunks.score_misses(run, split, run.cache, lambda pairs: score_pairs(pairs, settings, counters, keep=(PAIR_KEY,)))
+        summary.hit_check = chunks.check_hits(run, split, pairs, run.cache, scoring)
+        parts = chunks.score_misses(run, split, run.cache, scoring, scorers)
         scored = chunks.union_all([split.hits, *parts])
         with worker_errors():  # a worker's refusal (no CUDA there, other files) in one line
             counts = stages.score_counts(scored)
         examples = counts.pop("non_finite_examples")
         for name, value in counts.items():
             setattr(summary, name, value)
-        if summary.queries_pooled_in_query:  # their cached and new scores tie, as DeAR's do
-            scored = stages.tie_pooled_in_query(scored)
+        scored = stages.tie_computed(scored)  # DeAR's ties stay ties across cached and new scores
         summary.pairs_scored = counts["pairs_scored"] - split.hit_count  # the hits are not scored again
         for name in ("model_loads", "oom_splits", "real_tokens", "computed_tokens", "tasks_without_gpu"):
             setattr(summary, name, int(counters.value.get(name, 0)))
+        summary.scored_under_other_keys = {k: json.loads(v) for k, v in scorers.value.items() if k != run.cache.scorer_key}
     seconds = sum(chunk["seconds"] for chunk in summary.chunks)
     summary.pairs_per_second = round(summary.pairs_scored / seconds, 2) if seconds else 0.0
     _warn_about_scoring(summary, config.layout.pooling)
@@ -227,6 +258,13 @@ def score(run: Run, status: Any) -> Any:
 
 
 def _warn_about_scoring(summary: RunSummary, pooling: str) -> None:
+    if summary.scored_under_other_keys:
+        log.warning(
+            "some scoring tasks scored under scorer key(s) %s, not the expected %s (their device or libraries differ "
+            "from what the driver expects: see scored_under_other_keys in the summary); their scores are cached under "
+            "their own key, so nights expecting %s will score those pairs again.",
+            ", ".join(sorted(summary.scored_under_other_keys)), summary.scorer_key, summary.scorer_key,
+        )
     if summary.queries_pooled_in_query:
         log.warning(
             "%d queries are pooled inside the query under pooling=%s (e.g. %s): their candidates "
@@ -299,15 +337,19 @@ def write_last(run: Run, top: Any) -> None:
     the commit; after it they are only renamed into place. A run that fails before its
     commit leaves the table, the TREC file and the summary as they were.
     """
+    from functools import partial
+
     from ..io.staged import StagedFile
     from ..io.trec import write_trec_batches
+    from . import hadoop
     from .chunks import remove_cache
     from .write import write_output
 
     config, summary = run.config, run.summary
+    upload = partial(hadoop.upload, run.spark)  # for a summary or TREC file at a remote location
     with ExitStack() as stack:
-        summary_file = stack.enter_context(StagedFile(config.summary_path))
-        trec_file = stack.enter_context(StagedFile(config.trec_out)) if config.trec_out else None
+        summary_file = stack.enter_context(StagedFile(config.summary_path, upload=upload))
+        trec_file = stack.enter_context(StagedFile(config.trec_out, upload=upload)) if config.trec_out else None
         if trec_file is not None:
             tag = "dear-" + re.sub(r"\s", "_", config.run_id)  # a TREC tag is one word; a run id may hold spaces
             write_trec_batches(_in_run_order(top), trec_file.tmp, tag=tag)

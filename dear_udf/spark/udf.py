@@ -26,17 +26,35 @@ CARRY = (S.QUERY_ID, S.DOC_ID, S.FIRST_STAGE_RANK, S.FIRST_STAGE_SCORE)
 
 @dataclass(frozen=True)
 class ScoringSettings:
-    """Everything an executor needs to build its scorer: plain, picklable data."""
+    """Everything an executor needs to build its scorer: plain, picklable data.
+
+    ``model_fields`` is what the driver knows of the scorer key (``cache.keys.model_fields``):
+    each task adds its own environment (``cache.keys.environment``) and tags every score
+    with the resulting scorer key, so a task that ran elsewhere than the driver expected
+    (a CPU fallback, other library versions) never files its scores under the expected key.
+    """
 
     spec: ModelSpec
     layout: Layout
     batch_size: int = 128
     max_tokens: int | None = None
-    expected_fingerprint: str | None = None  # refuse a worker that loaded other files
+    expected_fingerprint: str | None = None  # the files the driver saw; a worker reloads until it holds them
+    model_fields: dict | None = None
 
     @property
     def cache_key(self) -> tuple:
         return (self.spec, self.layout, self.batch_size, self.max_tokens)
+
+
+class ScorersParam:
+    """Accumulator of the scorer keys tasks scored under: key -> what it hashes (JSON)."""
+
+    def zero(self, value: dict) -> dict:
+        return {}
+
+    def addInPlace(self, a: dict, b: dict) -> dict:  # noqa: N802 - Spark's name
+        a.update(b)
+        return a
 
 
 class CounterParam:
@@ -74,7 +92,7 @@ def whole_queries(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]
         yield carry
 
 
-def make_scoring_function(settings: ScoringSettings, counters: Any = None, keep: tuple[str, ...] = ()):
+def make_scoring_function(settings: ScoringSettings, counters: Any = None, keep: tuple[str, ...] = (), scorers: Any = None):
     """Return the ``mapInArrow`` function for ``settings``.
 
     Args:
@@ -83,16 +101,21 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None, keep:
             ``model_loads``, ``tasks_without_gpu``, ``oom_splits``, ``real_tokens`` and
             ``computed_tokens`` from every task attempt.
         keep: string columns of the pairs passed through after the scores (``pair_key``).
+        scorers: optional Spark accumulator built with ``ScorersParam``; receives the
+            scorer key each task scored under and what it hashes.
     """
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from .. import hooks
 
         scorer, loaded_now, has_gpu = _task_scorer(settings)
+        key, described = _task_scorer_key(settings, scorer)
+        if scorers is not None:
+            scorers.add({key: described})
         before = scorer.stats.as_dict()
         hooks.at("scoring-start", scorer=scorer)
         try:
-            for out in _scored_batches(scorer, batches, keep):
+            for out in _scored_batches(scorer, batches, keep, scorer_key=key):
                 yield out
                 hooks.at("batch-scored", batch=out)
             hooks.at("partition-scored")
@@ -115,7 +138,6 @@ def _task_scorer(settings: ScoringSettings) -> tuple[Any, bool, bool]:
     """This worker's scorer on the task's device: (scorer, loaded by this call, GPU assigned)."""
     from pyspark import TaskContext
 
-    from ..exceptions import ModelLoadError
     from . import model_cache
 
     device, has_gpu = model_cache.task_device(settings.spec.device)
@@ -130,14 +152,23 @@ def _task_scorer(settings: ScoringSettings) -> tuple[Any, bool, bool]:
         layout=settings.layout,
         batch_size=settings.batch_size,
         max_tokens=settings.max_tokens,
+        fingerprint=settings.expected_fingerprint,
     )
-    fingerprint = scorer.loaded.fingerprint
-    if settings.expected_fingerprint and fingerprint != settings.expected_fingerprint:
-        raise ModelLoadError(
-            f"{settings.spec.name}: the executor loaded files with fingerprint {fingerprint[:16]}, "
-            f"the driver saw {settings.expected_fingerprint[:16]}; is the model path the same everywhere?"
-        )
     return scorer, loaded_now, has_gpu
+
+
+def _task_scorer_key(settings: ScoringSettings, scorer: Any) -> tuple[str | None, str | None]:
+    """The scorer key this task scores under (the driver's model fields, this process's
+    environment on the scorer's device) and what it hashes, as JSON; (None, None) when
+    the driver gave no model fields (scoring without a cache)."""
+    import json
+
+    from ..cache.keys import environment, scorer_fields, scorer_key
+
+    if settings.model_fields is None:
+        return None, None
+    fields = scorer_fields(settings.model_fields, environment(scorer.loaded.device, adapter=settings.spec.adapter is not None))
+    return scorer_key(fields), json.dumps(fields, sort_keys=True)
 
 
 def _output_schema(keep: tuple[str, ...]) -> pa.Schema:
@@ -147,7 +178,9 @@ def _output_schema(keep: tuple[str, ...]) -> pa.Schema:
     return schema
 
 
-def _scored_batches(scorer: Any, batches: Iterator[pa.RecordBatch], keep: tuple[str, ...] = ()) -> Iterator[pa.RecordBatch]:
+def _scored_batches(
+    scorer: Any, batches: Iterator[pa.RecordBatch], keep: tuple[str, ...] = (), *, scorer_key: str | None = None
+) -> Iterator[pa.RecordBatch]:
     """Score whole queries per call; each input batch comes back with its scores."""
     kept: list[pa.RecordBatch] = []
     schema = _output_schema(keep)
@@ -163,20 +196,23 @@ def _scored_batches(scorer: Any, batches: Iterator[pa.RecordBatch], keep: tuple[
             pa.array(scores, type=pa.float32()),
             pa.array(pairs.pooled_early, type=pa.bool_()),
             pa.array(pairs.pooled_in_query, type=pa.bool_()),
+            pa.array(pairs.computed_keys, type=pa.string()),
+            pa.array([scorer_key] * len(scores), type=pa.string()),
         ] + [batch.column(name) for name in keep]
         yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def score_pairs(pairs: Any, settings: ScoringSettings, counters: Any = None, *, keep: tuple[str, ...] = ()) -> Any:
+def score_pairs(pairs: Any, settings: ScoringSettings, counters: Any = None, *, keep: tuple[str, ...] = (), scorers: Any = None) -> Any:
     """Score a DataFrame of pairs (query_id, doc_id, query, title, text, first-stage columns).
 
-    Returns a DataFrame of ``schema.SCORED_PAIRS_SCHEMA``: the carried columns, ``score`` and
-    where each pair was pooled (``pooled_early``, ``pooled_in_query``); then the ``keep``
-    columns of ``pairs`` (strings), unchanged.
+    Returns a DataFrame of ``schema.SCORED_PAIRS_SCHEMA``: the carried columns, ``score``,
+    where each pair was pooled (``pooled_early``, ``pooled_in_query``), what its forward
+    pass computed (``computed_key``) and the scorer key it was scored under (null without
+    ``settings.model_fields``); then the ``keep`` columns of ``pairs`` (strings), unchanged.
     """
     from ..schema import spark_schema
 
-    return pairs.mapInArrow(make_scoring_function(settings, counters, keep), spark_schema(_output_schema(keep)))
+    return pairs.mapInArrow(make_scoring_function(settings, counters, keep, scorers), spark_schema(_output_schema(keep)))
 
 
 # The last line of a worker's traceback when it raised one of this package's errors.

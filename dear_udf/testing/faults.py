@@ -28,6 +28,9 @@ on a cluster, or ``SparkContext.environment`` before the job builds its scoring 
 - ``kill-after-chunk:K`` (driver): once chunk K of the scoring has been committed to the
   score cache, the driver writes a marker (``chunk-committed-...json``, with the chunk and
   the number of chunks) and SIGKILLs itself: a night that dies part-way.
+- ``fail-after-cache-append`` (driver): the first attempt of every score cache append
+  raises a ``DeltaError`` after its commit landed, as a lost reply from the store would;
+  the append is retried.
 
 ``DEAR_RERANK_FAULT_DIR``, when set, is a folder where every scoring attempt and every
 fault that fires leaves a small JSON file (``<event>-p<partition>-a<attempt>-<pid>.json``),
@@ -48,7 +51,7 @@ from typing import Any
 from ..hooks import ENV
 
 DIR_ENV = "DEAR_RERANK_FAULT_DIR"
-DRIVER_MODES = ("pause-before-commit", "kill-after-chunk")
+DRIVER_MODES = ("pause-before-commit", "kill-after-chunk", "fail-after-cache-append")
 MODES = (
     "fail-first-attempt",
     "kill-worker-first-attempt",
@@ -56,6 +59,7 @@ MODES = (
     "oom-over",
     "pause-before-commit",
     "kill-after-chunk",
+    "fail-after-cache-append",
 )
 
 
@@ -231,6 +235,14 @@ def _kill_after_chunk(value: str, context: dict[str, Any]) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _fail_after_append(value: str, context: dict[str, Any]) -> None:
+    if context["attempt"] == 1 and any(f.mode == "fail-after-cache-append" for f in parse(value)):
+        from deltalake.exceptions import DeltaError
+
+        _record("cache-append-failed", None, None, {"uri": context["uri"]})
+        raise DeltaError(f"injected by {ENV}: the reply of a landed commit was lost")
+
+
 def at(point: str, value: str, **context: Any) -> None:
     """What ``dear_udf.hooks.at(point, ...)`` does when ``value`` (the setting) is given."""
     global _task
@@ -238,6 +250,8 @@ def at(point: str, value: str, **context: Any) -> None:
         _pause("before-commit", value, context)
     elif point == "chunk-committed":
         _kill_after_chunk(value, context)
+    elif point == "cache-appended":
+        _fail_after_append(value, context)
     elif point == "scoring-start":
         _task = _start_task(value)
         if _task is not None:
