@@ -9,7 +9,7 @@ What a rerank request goes through, in order, and its refusals:
    documents (413 naming the limit); no documents: empty results, nothing scored;
 3. admission: at most ``max_queue`` requests waiting or being scored (429 with
    ``Retry-After``);
-4. tokenizing and scoring by the ``ScoringLoop``, answered within ``request_timeout``
+4. scoring by the ``ScoringLoop`` (which tokenizes too), answered within ``request_timeout``
    seconds of arrival (else 504; a request still queued then is never scored).
 
 ``/health`` and ``/metrics`` need no key (they hold no texts or scores, and probes and
@@ -84,24 +84,22 @@ def create_app(loop: ScoringLoop, *, settings: ServeSettings, api_key: str | Non
         body = await _read_body(request, settings.max_request_bytes)
         parsed = parse_request(body, route=route, max_documents=settings.max_documents)
         request_id = f"rerank-{uuid.uuid4().hex}"
+        if not loop.alive:
+            raise RequestError(503, "the scoring loop has stopped; see the server's log.")
         if not len(parsed):
             return JSONResponse(response_body(parsed, [], route=route, model=model, tokens=0, request_id=request_id))
         try:
             loop.admit(len(parsed))
         except QueueFull as exc:
             raise RequestError(429, f"{exc}; retry later.", headers={"Retry-After": str(exc.retry_after)}, limit=exc.limit) from None
-        async def score():
-            encoded = await loop.encode([parsed.query] * len(parsed), parsed.titles, parsed.texts)
-            # Cancelled by wait_for at the timeout: a request still queued is never scored.
-            return encoded, await asyncio.wrap_future(loop.submit(encoded, arrived=arrived))
-
         try:
-            encoded, scores = await asyncio.wait_for(score(), timeout - (time.monotonic() - arrived))
+            future = loop.submit(parsed.query, parsed.titles, parsed.texts, arrived=arrived)
+            # On timeout wait_for cancels the future: a request still queued is never scored.
+            scores, tokens = await asyncio.wait_for(asyncio.wrap_future(future), timeout - (time.monotonic() - arrived))
         except asyncio.TimeoutError:
             raise RequestError(504, f"not answered within {timeout:g} s (--request-timeout); the server is busy or the request too large.") from None
         finally:
             loop.release(len(parsed))
-        tokens = sum(len(ids) for ids in encoded.ids)
         return JSONResponse(response_body(parsed, scores, route=route, model=model, tokens=tokens, request_id=request_id))
 
     def endpoint(route: str):

@@ -1,10 +1,10 @@
 """The scoring loop: dynamic batching of whole requests on the job's scorer.
 
-One worker thread per device runs ``Scorer.score_encoded`` (torch releases the GIL, so
-the event loop keeps answering meanwhile). Requests wait in a bounded FIFO queue. When
-the worker is free it takes the first request and adds the following ones, whole and in
-order, while their pairs fit in ``max_batch_pairs``; if the batch is not full it waits
-for more until ``max_wait`` after its first request arrived. Under load the queue fills
+One worker thread per device tokenizes and scores with the job's ``Scorer`` (torch
+releases the GIL, so the event loop keeps answering meanwhile). Requests wait in a bounded
+FIFO queue. When the worker is free it takes the first request and adds the following
+ones, whole and in order, while their pairs fit in ``max_batch_pairs``; if the batch is
+not full it waits for more until ``max_wait`` after its first request arrived. Under load the queue fills
 while the worker scores, so batches form without waiting.
 
 **Why a request is never split.** A request's pairs are scored in one scorer call. The
@@ -15,32 +15,30 @@ pairs of all its requests by length into micro-batches under its token budget, a
 for the job's Arrow batches, so the scores are the job's: ``dear-rerank score`` equals
 them within float noise (fp32 CPU: < 1e-5).
 
-Tokenizing happens on one extra thread (``encode``): a Hugging Face tokenizer's
-truncation setting is shared state, so two threads must never tokenize at once; on a GPU
-this overlaps tokenizing with the forward passes, as ``Scorer.score_stream`` does.
+The worker also tokenizes (the scorer's own ``encoder.encode``, on the batch's pairs just
+before the call), as ``Scorer.score`` does: on CPU a tokenizing thread would compete with
+the forward pass for the same cores (``Scorer.score_stream`` says the same), and one
+thread tokenizing keeps the tokenizer's shared truncation setting safe; on a GPU it costs
+milliseconds per batch against the forward passes' seconds.
 
 Example:
     >>> loop = ScoringLoop(scorer, max_batch_pairs=512, max_wait=0.005, max_queue=64)
     >>> loop.start()
-    >>> encoded = await loop.encode(["what is a llama"], [None], ["A camelid."])
-    >>> scores = await asyncio.wrap_future(loop.submit(encoded))
+    >>> scores, tokens = await asyncio.wrap_future(loop.submit("what is a llama", [None], ["A camelid."]))
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from ..tokenization import Encoded
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +54,15 @@ class QueueFull(Exception):
 
 @dataclass
 class _Job:
-    encoded: Encoded
+    query: str
+    titles: list[str | None]
+    texts: list[str]
     arrived: float  # time.monotonic() of the request's arrival
     future: Future = field(default_factory=Future)
 
     @property
     def pairs(self) -> int:
-        return len(self.encoded.ids)
-
-
-def concat(parts: list[Encoded]) -> Encoded:
-    """One ``Encoded`` holding the pairs of ``parts`` in order."""
-    if len(parts) == 1:
-        return parts[0]
-    return Encoded(
-        [x for p in parts for x in p.ids],
-        [x for p in parts for x in p.pool],
-        [x for p in parts for x in p.doc_start],
-    )
+        return len(self.texts)
 
 
 class ScoringLoop:
@@ -98,7 +87,6 @@ class ScoringLoop:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dear-serve-tokenize")
         self._admitted = 0
         self._admitted_pairs = 0
         self._pairs_per_second: float | None = None  # of recent scorer calls, for Retry-After
@@ -138,17 +126,13 @@ class ScoringLoop:
             return 1
         return int(min(60, max(1, math.ceil(self._admitted_pairs / rate))))
 
-    async def encode(self, queries: list[str], titles: list[str | None], texts: list[str]) -> Encoded:
-        """The pairs in the DeAR layout (the scorer's own encoder), on the tokenizing thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._tokenizer, self.scorer.encoder.encode, queries, titles, texts)
-
-    def submit(self, encoded: Encoded, *, arrived: float | None = None) -> Future:
-        """Queue a request's pairs; the future gets their scores (float32, in order).
+    def submit(self, query: str, titles: list[str | None], texts: list[str], *, arrived: float | None = None) -> Future:
+        """Queue a request's pairs (one query, its documents); the future gets their scores
+        (float32, in order) and their ids in the DeAR layout (a count).
 
         Cancelling the future before its batch starts takes the request out of the queue.
         """
-        job = _Job(encoded, time.monotonic() if arrived is None else arrived)
+        job = _Job(query, titles, texts, time.monotonic() if arrived is None else arrived)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the scoring loop is stopped.")
@@ -169,7 +153,6 @@ class ScoringLoop:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
-        self._tokenizer.shutdown(wait=True)
 
     def _run(self) -> None:
         try:
@@ -214,9 +197,14 @@ class ScoringLoop:
 
     def _score(self, jobs: list[_Job]) -> None:
         started = time.monotonic()
-        encoded = concat([job.encoded for job in jobs])
         passes_before = self.scorer.stats.batches
         try:
+            # Scorer.score's two steps, kept apart for the token counts of the answers.
+            encoded = self.scorer.encoder.encode(
+                [job.query for job in jobs for _ in job.texts],
+                [title for job in jobs for title in job.titles],
+                [text for job in jobs for text in job.texts],
+            )
             scores = self.scorer.score_encoded(encoded)
         except Exception as exc:  # noqa: BLE001 - each request gets the error
             log.exception("scoring a batch of %d requests failed", len(jobs))
@@ -225,6 +213,7 @@ class ScoringLoop:
             return
         seconds = time.monotonic() - started
         pairs = len(encoded.ids)
+        lengths = [len(ids) for ids in encoded.ids]
         if seconds > 0 and pairs:
             rate = pairs / seconds
             self._pairs_per_second = rate if self._pairs_per_second is None else 0.8 * self._pairs_per_second + 0.2 * rate
@@ -232,12 +221,13 @@ class ScoringLoop:
             self.metrics.observe_call(
                 requests=len(jobs),
                 pairs=pairs,
-                tokens=sum(len(x) for x in encoded.ids),
+                tokens=sum(lengths),
                 forward_passes=self.scorer.stats.batches - passes_before,
                 seconds=seconds,
                 waits=[started - job.arrived for job in jobs],
             )
         offset = 0
         for job in jobs:
-            job.future.set_result(np.asarray(scores[offset : offset + job.pairs]))
-            offset += job.pairs
+            end = offset + job.pairs
+            job.future.set_result((np.asarray(scores[offset:end]), sum(lengths[offset:end])))
+            offset = end
