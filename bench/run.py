@@ -11,7 +11,9 @@ Scenarios, one module each:
 - ``--mode nightly`` (CPU, needs pyspark): a night where 10% of the pairs changed, with and
   without the score cache (``bench/nightly.py``);
 - ``--mode overhead`` (CPU, needs pyspark): the fixed cost of one run of a small night:
-  wall, seconds per step and Spark jobs (``bench/overhead.py``).
+  wall, seconds per step and Spark jobs (``bench/overhead.py``);
+- ``--mode serve`` (CPU, needs the serve extra): ``dear-rerank serve`` under 1, 4 and 16
+  concurrent clients against the in-process scorer on the same pairs (``bench/serve.py``).
 
 A scenario module has ``MODES``, ``add_arguments(parser)``, ``finish_args(args, parser)``
 and ``run(args, command) -> report``; adding one is one line in ``SCENARIOS``. Shared
@@ -25,6 +27,7 @@ Examples:
     python bench/run.py --mode scaling --sizes 20000,80000,320000
     python bench/run.py --mode nightly --pairs 100000 --changed 0.1
     python bench/run.py --mode overhead --overhead-pairs 1000 --runs 8
+    python bench/run.py --mode serve --clients 1,4,16 --serve-requests 48 --threads 1
 """
 
 from __future__ import annotations
@@ -37,9 +40,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/run.py` runs from bench/
 
-from bench import common, nightly, overhead, scaling, scoring  # noqa: E402
+from bench import common, nightly, overhead, scaling, scoring, serve  # noqa: E402
 
-SCENARIOS = {mode: module for module in (scoring, scaling, nightly, overhead) for mode in module.MODES}
+SCENARIOS = {mode: module for module in (scoring, scaling, nightly, overhead, serve) for mode in module.MODES}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
