@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.error
@@ -539,3 +540,34 @@ def test_a_nightly_config_serves_its_model_and_layout(tiny_models, tmp_path):
     assert (config.model.dtype, config.batch_size, config.max_tokens) == ("bfloat16", 32, 8192)
     assert (config.layout.special_tokens, config.layout.pooling, config.server.port) == ("parse", "last-non-pad", 9001)
     assert config.server.host == "127.0.0.1"
+
+
+def test_the_serve_package_imports_without_pyspark_and_stays_light():
+    """No pyspark anywhere in dear_udf.serve; `dear-rerank --help` loads no web stack or torch."""
+    code = textwrap.dedent(
+        """
+        import sys
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "pyspark":
+                    raise ImportError("pyspark is blocked in this test")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        import dear_udf.serve.cli, dear_udf.serve.app, dear_udf.serve.batcher, dear_udf.serve.schemas
+        from dear_udf.cli import build_parser
+        build_parser()
+        heavy = sorted(m for m in ("torch", "transformers", "starlette", "uvicorn", "prometheus_client") if m in sys.modules)
+        assert not heavy, f"imported at import time: {heavy}"
+        from dear_udf.serve.metrics import ServeMetrics
+        from dear_udf.serve.settings import build_serve_config
+        build_serve_config({"model": "/models/dear-3b"})
+        ServeMetrics().render()
+        assert "pyspark" not in sys.modules
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
