@@ -21,12 +21,14 @@ length, attending to the prefix's states through the attention mask. A micro-bat
 mix rows of several queries and rows without a prefix: each row gathers its prefix's
 states into a cache of the batch's longest prefix, and masks the positions beyond its
 own. The pooling token and the pooling at a real position work as above, counted from the
-prefix's end; a pair pooled inside the query has no suffix and is computed alone (it ties
-with its query's other such pairs by the deduplication below). Reuse needs at least
-``PREFIX_MIN_PAIRS`` distinct pairs of a query in the call (fewer cannot pay, see
-bench/RESULTS.md "Prefix reuse"), and at most ``batch_size`` prefixes are held at once
-(their states are ``layers x 2 x kv_heads x head_dim`` numbers per prefix id: about 4 MB
-per query for Llama-3.2-3B in bf16).
+prefix's end; a pair pooled inside the query has no suffix and is computed whole (its
+query's other such pairs share its forward pass and tie, see ``Scorer.score_ids``).
+Reuse needs at least ``PREFIX_MIN_PAIRS`` distinct pairs of a query in the call (one pair
+saves nothing; bench/RESULTS.md "Prefix reuse"). A prefix's states take ``layers x 2 x
+kv_heads x head_dim`` numbers per id (112 KiB in bf16 for Llama-3.2-3B, about 2 MiB per
+MS MARCO query); at most ``PREFIX_STATE_BYTES`` of them are held at once, more prefixes
+in turns. A micro-batch with prefixes holds its rows' states (prefix and own, every
+layer) until its forward pass ends; on a small GPU the out-of-memory halving absorbs it.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ CPU_TOKEN_BUDGET = 4096
 # saving (pairs - 1) x prefix ids outweighs the extra pass on the quick CPU benchmark
 # (bench/RESULTS.md, "Prefix reuse").
 PREFIX_MIN_PAIRS = 2
+# The most memory the prefixes' key/value states of one call may take at once; more
+# prefixes are held in turns (a chunk each). 1 GiB holds ~550 MS MARCO queries of
+# Llama-3.2-3B in bf16 (112 KiB per position); a chunk's batches are planned on their own.
+PREFIX_STATE_BYTES = 1 << 30
 
 
 @dataclass
@@ -161,18 +167,35 @@ def plan_batches(
     return batches
 
 
-def _prefix_chunks(ids: Sequence[Sequence[int]], shared: Sequence[int], limit: int) -> list[tuple[list[int], list[tuple]]]:
-    """Rows and the prefixes they need, at most ``limit`` prefixes per chunk (so that the
-    prefixes' states held at once stay bounded); rows without a prefix go with the first."""
-    prefixes = sorted({tuple(ids[i][:s]) for i, s in enumerate(shared) if s})
-    if len(prefixes) <= limit:
-        return [(list(range(len(ids))), prefixes)]
-    parts = [prefixes[k : k + limit] for k in range(0, len(prefixes), limit)]
+def _prefix_chunks(
+    ids: Sequence[Sequence[int]], shared: Sequence[int], max_ids: int
+) -> list[tuple[list[int], list[tuple]]]:
+    """Rows and the prefixes they need, in chunks whose prefix states fit ``max_ids``
+    positions (chunk's prefixes x its longest prefix). Prefixes go by length, then ids,
+    so a chunk's store is padded little; rows without a prefix go with the first chunk.
+    One chunk holds everything in the usual case: the split is for calls with thousands
+    of queries on a large model."""
+    prefixes = sorted({tuple(ids[i][:s]) for i, s in enumerate(shared) if s}, key=lambda p: (len(p), p))
+    parts: list[list[tuple]] = [[]]
+    for prefix in prefixes:
+        if parts[-1] and (len(parts[-1]) + 1) * len(prefix) > max_ids:
+            parts.append([])
+        parts[-1].append(prefix)
+    if len(parts) == 1:
+        return [(list(range(len(ids))), parts[0])]
     where = {prefix: c for c, part in enumerate(parts) for prefix in part}
     rows: list[list[int]] = [[] for _ in parts]
     for i, s in enumerate(shared):
         rows[where[tuple(ids[i][:s])] if s else 0].append(i)
     return list(zip(rows, parts))
+
+
+def state_bytes_per_id(config: Any, element_size: int) -> int:
+    """Bytes of the key/value states one position leaves in every layer of the model."""
+    heads = getattr(config, "num_attention_heads", None) or 1
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return int(config.num_hidden_layers) * 2 * int(kv_heads) * int(head_dim) * element_size
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -189,8 +212,7 @@ class Scorer:
     Args:
         loaded: a ``model.LoadedModel``.
         layout: the DeAR layout (defaults are DeAR's).
-        batch_size: pairs per micro-batch (128 by default); also the most query prefixes
-            whose states are held at once.
+        batch_size: pairs per micro-batch (128 by default).
         max_tokens: cap on padded tokens per micro-batch (batch * length). None (the
             default) means the device's budget: ``CPU_TOKEN_BUDGET`` on CPU, where smaller
             batches stay in cache (bench/RESULTS.md), and no cap on GPU, where batch_size
@@ -233,6 +255,8 @@ class Scorer:
             max_tokens = CPU_TOKEN_BUDGET
         self.max_tokens = max_tokens  # None: no cap (GPU)
         self.prefix_min_pairs = prefix_min_pairs
+        element_size = next(self.model.parameters()).element_size()
+        self._prefix_ids_held = max(1, PREFIX_STATE_BYTES // state_bytes_per_id(self.model.config, element_size))
         self.encoder = PairEncoder(loaded.tokenizer, self.layout, pool_pad_id=loaded.pool_pad_id, pad_id=loaded.pad_id)
         self.backbone = getattr(self.model, self.model.base_model_prefix)
         head = self.model.score
@@ -327,7 +351,7 @@ class Scorer:
             shared = shared_prefix_lengths(u_ids, u_pool, u_query, min_pairs=self.prefix_min_pairs)
         scores = np.empty(len(unique), dtype=np.float32)
         with torch.inference_mode():
-            for rows, prefixes in _prefix_chunks(u_ids, shared, self.batch_size):
+            for rows, prefixes in _prefix_chunks(u_ids, shared, self._prefix_ids_held):
                 self._score_chunk(u_ids, u_pool, shared, rows, prefixes, scores)
         self.stats.pairs += len(ids)
         self.stats.real_tokens += sum(len(x) for x in ids)

@@ -174,25 +174,33 @@ def test_shuffled_input_gives_bit_identical_scores(tiny_models, rows):
     assert np.array_equal(shuffled, base[perm])
 
 
-def test_more_prefixes_than_batch_size_are_held_in_chunks(tiny_models, rows):
-    """batch_size bounds the prefixes held at once: with 2, the call's prefixes are
-    computed two at a time, each chunk scoring its own queries' pairs."""
+def test_prefix_states_beyond_the_memory_bound_are_held_in_turns(tiny_models, rows, monkeypatch):
+    """``PREFIX_STATE_BYTES`` bounds the prefix states held at once: with room for 40
+    positions, the call's prefixes are computed a few at a time (each chunk scoring its
+    own queries' pairs), each once, and the scores do not change."""
+    import dear_udf.scorer as scorer_module
+
     loaded = _load(tiny_models, "index227")
+    per_id = scorer_module.state_bytes_per_id(loaded.model.config, 4)
+    assert per_id == 2 * 2 * 2 * 16 * 4  # tiny model: layers x (k, v) x kv_heads x head_dim x fp32
+    monkeypatch.setattr(scorer_module, "PREFIX_STATE_BYTES", 40 * per_id)
     qids, queries, titles, texts = rows
     ref = _reference(tiny_models, "index227", special_tokens="split").score(queries, titles, texts)
-    scorer = Scorer(loaded, batch_size=2, prefix_min_pairs=1)
-    calls: list[int] = []
+    scorer = Scorer(loaded, batch_size=128, prefix_min_pairs=1)
+    calls: list[tuple[int, int]] = []
     inner = scorer.prefix_forward
 
     def recording(input_ids, *rest):
-        calls.append(int(input_ids.shape[0]))
+        calls.append(tuple(input_ids.shape))
         return inner(input_ids, *rest)
 
     scorer.prefix_forward = recording
     got = scorer.score(queries, titles, texts)
     assert float(np.max(np.abs(got - ref))) <= TOL
     _assert_same_order(qids, got, ref)
-    assert scorer.stats.shared_prefixes == sum(calls) > 4 and max(calls) == 2
+    assert len(calls) > 3 and sum(n for n, _ in calls) == scorer.stats.shared_prefixes
+    # A chunk's prefixes times its longest prefix fit the bound (one alone may exceed it).
+    assert all(n * width <= 40 or n == 1 for n, width in calls)
 
 
 def test_max_tokens_caps_the_positions_each_micro_batch_computes(tiny_models, rows):
