@@ -50,9 +50,9 @@ log = logging.getLogger(__name__)
 CPU_TOKEN_BUDGET = 4096
 
 # A query's prefix is computed once for its pairs when at least this many of them (with
-# distinct computed ids) go on past it in one call. One pair saves nothing; from two the
-# saving (pairs - 1) x prefix ids outweighs the extra pass on the quick CPU benchmark
-# (bench/RESULTS.md, "Prefix reuse").
+# distinct computed ids) go on past it in one call. One pair saves no position and pays a
+# second pass: 19-29% more CPU time per query; from two, the positions fall by the query's
+# share (bench/RESULTS.md, "Prefix reuse").
 PREFIX_MIN_PAIRS = 2
 # The most memory the prefixes' key/value states of one call may take at once; more
 # prefixes are held in turns (a chunk each). 1 GiB holds ~550 MS MARCO queries of
