@@ -55,7 +55,7 @@ CPU_TOKEN_BUDGET = 4096
 # share (bench/RESULTS.md, "Prefix reuse").
 PREFIX_MIN_PAIRS = 2
 # The most memory the prefixes' key/value states of one call may take at once; more
-# prefixes are held in turns (a chunk each). 1 GiB holds ~550 MS MARCO queries of
+# prefixes are held in turns (a chunk each). 1 GiB holds ~500 MS MARCO queries of
 # Llama-3.2-3B in bf16 (112 KiB per position); a chunk's batches are planned on their own.
 PREFIX_STATE_BYTES = 1 << 30
 
