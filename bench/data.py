@@ -103,6 +103,7 @@ def generate(
     seed: int = 0,
     tokenizer: Any | None = None,
     first_query: int = 0,
+    query_words: tuple[int, int] = QUERY_WORDS,
 ) -> Pairs:
     """Generate ``n_queries * docs_per_query`` candidate pairs, deterministic in ``seed``.
 
@@ -114,6 +115,8 @@ def generate(
             under it. None fills by word count instead.
         first_query: number of the first query id, so that chunks generated one after
             the other (each with its own seed) have distinct ids; texts do not depend on it.
+        query_words: range of words per query (MS MARCO's by default; ``(1, 1)`` gives the
+            shortest prefix a pair can have, for the prefix-reuse measurement).
 
     Returns:
         Pairs grouped by query, queries in order ``q0000, q0001, ...`` (from ``first_query``).
@@ -124,7 +127,7 @@ def generate(
     filler = _Filler(rng, tokenizer)
     pairs = Pairs()
     for q in range(first_query, first_query + n_queries):
-        query = filler.text(round(rng.randint(*QUERY_WORDS) * TOKENS_PER_WORD))
+        query = filler.text(round(rng.randint(*query_words) * TOKENS_PER_WORD))
         for d in range(docs_per_query):
             pairs.query_ids.append(f"q{q:04d}")
             pairs.doc_ids.append(f"q{q:04d}-d{d:03d}")

@@ -15,8 +15,14 @@ Same model, same pairs, same machine, one process. Prints a table and writes JSO
 - ``--spark`` (quick mode): also the whole job on local Spark (``run_job``) on the same
   pairs, Parquet in and out; skipped where pyspark is missing.
 
+- Few candidates (both modes, ``--few-candidates``): the per-query cost of queries with
+  1, 2, 3, 5 candidates, with a query's prefix computed once (forced), computed whole, and
+  as the product decides (``PREFIX_MIN_PAIRS``), for MS MARCO-long and one-word queries.
+
 Contestants (``dear_udf.testing.baselines``):
-- ``scorer``: ``dear_udf.scorer.Scorer``, batch 128, real tokens only, sorted batches;
+- ``scorer``: ``dear_udf.scorer.Scorer``, batch 128, real tokens only, sorted batches, each
+  query's shared prefix computed once;
+- ``scorer_whole``: the same without prefix reuse (every pair computed whole);
 - ``official``: DeAR's ``inference.py``: padded to 228, batch 64, fp16 autocast on GPU;
 - ``fast_rerank``: the model card's loop: ``padding=True``, unsorted batches of 128.
 
@@ -38,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import SHAPES, PeakRSS, load_average, new_report, print_header
-from bench.data import Pairs, generate, job_tables, length_summary
+from bench.data import QUERY_WORDS, Pairs, generate, job_tables, length_summary
 
 H100_BF16_DENSE_FLOPS = 989e12
 CPU_TARGET_RATIO = 2.5
@@ -137,11 +143,12 @@ def random_model(shape_name: str, workdir: Path, *, device: str, dtype: str) -> 
 Contestant = Callable[[Any, Pairs], "tuple[Any, int]"]
 
 
-def run_scorer(loaded: Any, pairs: Pairs, batch_size: int = 128, max_tokens: int | None = None) -> tuple[Any, int]:
-    """The product's scorer with its defaults: batch 128, the device's token budget."""
+def run_scorer(loaded: Any, pairs: Pairs, batch_size: int = 128, max_tokens: int | None = None, **options: Any) -> tuple[Any, int]:
+    """The product's scorer with its defaults: batch 128, the device's token budget, a
+    query's prefix computed once; ``options`` go to ``Scorer`` (``prefix_min_pairs``)."""
     from dear_udf.scorer import Scorer
 
-    scorer = Scorer(loaded, batch_size=batch_size, max_tokens=max_tokens)
+    scorer = Scorer(loaded, batch_size=batch_size, max_tokens=max_tokens, **options)
     scores = scorer.score(pairs.queries, pairs.titles, pairs.texts)
     return scores, scorer.stats.computed_tokens
 
@@ -160,6 +167,8 @@ def run_fast_rerank(loaded: Any, pairs: Pairs) -> tuple[Any, int]:
 
 CONTESTANTS: dict[str, Contestant] = {
     "scorer": run_scorer,
+    # The scorer without prefix reuse: every pair computed whole, as before issue 24.
+    "scorer_whole": functools.partial(run_scorer, prefix_min_pairs=None),
     "official": run_official,
     "fast_rerank": run_fast_rerank,
     # Not in the default set: the scorer with smaller micro-batches, to measure how much
@@ -380,6 +389,102 @@ def bench_spark(
     return out
 
 
+# -- queries with few candidates: where computing the prefix once cannot pay ------------------
+
+# Query shapes of the few-candidates section: MS MARCO's, and one word (the shortest prefix).
+FEW_QUERY_SHAPES = {"msmarco": QUERY_WORDS, "one-word": (1, 1)}
+
+
+def few_candidates(bench_model: BenchModel, args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """Per-query cost of queries with few candidates, with and without prefix reuse.
+
+    For each query shape and each count ``k`` of ``--few-candidates``, about
+    ``--few-pairs`` pairs (``--few-pairs // k`` queries of ``k`` candidates) are scored
+    in one call three ways, interleaved, ``--repeats`` times: ``whole`` (every pair
+    computed whole, ``prefix_min_pairs=None``), ``reuse`` (every query's prefix computed
+    once, even for one pair: ``prefix_min_pairs=1``) and ``default`` (the product's
+    ``PREFIX_MIN_PAIRS``). Reports the median CPU (on CPU) or wall (on CUDA) milliseconds
+    per query, positions computed per real id, and the largest |reuse - whole| score.
+    Returns None when ``--few-candidates`` is empty.
+    """
+    if not args.few_candidates:
+        return None
+    import numpy as np
+    import torch
+
+    from dear_udf.scorer import PREFIX_MIN_PAIRS, Scorer
+
+    loaded = bench_model.loaded
+    settings = {"whole": None, "reuse": 1, "default": PREFIX_MIN_PAIRS}
+    on_cuda = args.device.startswith("cuda")
+    rows: list[dict[str, Any]] = []
+    for shape, words in FEW_QUERY_SHAPES.items():
+        for k in (int(x) for x in args.few_candidates.split(",")):
+            pairs = generate(
+                n_queries=max(1, args.few_pairs // k), docs_per_query=k, seed=args.seed + 1, tokenizer=loaded.tokenizer, query_words=words
+            )
+            n_queries = len(set(pairs.query_ids))
+            seconds: dict[str, list[float]] = {name: [] for name in settings}
+            stats: dict[str, Any] = {}
+            scores: dict[str, Any] = {}
+            for name, min_pairs in settings.items():  # warm-up
+                Scorer(loaded, prefix_min_pairs=min_pairs).score(pairs.queries[:8], pairs.titles[:8], pairs.texts[:8])
+            for _ in range(args.repeats):
+                for name, min_pairs in settings.items():
+                    scorer = Scorer(loaded, prefix_min_pairs=min_pairs)
+                    _sync(args.device)
+                    start, cpu_start = time.perf_counter(), time.process_time()
+                    scores[name] = scorer.score(pairs.queries, pairs.titles, pairs.texts)
+                    _sync(args.device)
+                    seconds[name].append((time.perf_counter() - start) if on_cuda else (time.process_time() - cpu_start))
+                    stats[name] = scorer.stats
+            encoded = Scorer(loaded).encoder.encode(pairs.queries, pairs.titles, pairs.texts)
+            row: dict[str, Any] = {
+                "query_shape": shape,
+                "query_words": list(words),
+                "candidates": k,
+                "queries": n_queries,
+                "pairs": len(pairs),
+                "query_ids_mean": sum(s + 1 for s in encoded.doc_start) / len(pairs),  # [bos] q [bos]
+                "ids_mean": sum(len(x) for x in encoded.ids) / len(pairs),
+                "clock": "wall" if on_cuda else "cpu",
+                "max_abs_reuse_vs_whole": float(np.max(np.abs(scores["reuse"] - scores["whole"]))),
+            }
+            for name in settings:
+                median = statistics.median(seconds[name])
+                row[name] = {
+                    "seconds": seconds[name],
+                    "ms_per_query": 1000 * median / n_queries,
+                    "pairs_per_s": len(pairs) / median,
+                    "computed_per_real_token": stats[name].computed_tokens / stats[name].real_tokens,
+                    "shared_prefixes": stats[name].shared_prefixes,
+                }
+            row["reuse_over_whole"] = row["reuse"]["ms_per_query"] / row["whole"]["ms_per_query"]
+            rows.append(row)
+            del pairs, scores
+            if on_cuda:
+                torch.cuda.empty_cache()
+    return rows
+
+
+def print_few_candidates(rows: list[dict[str, Any]]) -> None:
+    clock = "wall" if rows[0]["clock"] == "wall" else "CPU"
+    print(f"\n  queries with few candidates ({clock} ms per query, median; reuse = prefix computed once, forced):")
+    header = (
+        f"  {'query':<9} {'cands':>5} {'queries':>7} {'q ids':>6} {'ids':>6} {'whole':>8} {'reuse':>8} {'default':>8} "
+        f"{'reuse/whole':>11} {'comp/real whole':>15} {'reuse':>6} {'max |diff|':>10}"
+    )
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    for r in rows:
+        print(
+            f"  {r['query_shape']:<9} {r['candidates']:>5} {r['queries']:>7} {r['query_ids_mean']:>6.1f} {r['ids_mean']:>6.1f} "
+            f"{r['whole']['ms_per_query']:>8.2f} {r['reuse']['ms_per_query']:>8.2f} {r['default']['ms_per_query']:>8.2f} "
+            f"{r['reuse_over_whole']:>11.3f} {r['whole']['computed_per_real_token']:>15.3f} "
+            f"{r['reuse']['computed_per_real_token']:>6.3f} {r['max_abs_reuse_vs_whole']:>10.2g}"
+        )
+
+
 # -- report --------------------------------------------------------------------------------
 
 
@@ -423,6 +528,8 @@ def print_table(report: dict[str, Any]) -> None:
                 f"computed/real): ratio {t['ratio']:.2f}, computed/real {t['computed_per_real']:.3f} -> "
                 f"{'MET' if t['met'] else 'NOT MET'}"
             )
+        if model.get("few_candidates"):
+            print_few_candidates(model["few_candidates"])
     spark = report.get("spark")
     if spark is None:
         print("\nspark end to end: not run (needs --spark, quick mode, pyspark and dear_udf.spark.job.run_job)")
@@ -450,11 +557,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--queries", type=int, default=None, help="queries (default 20 quick, 50 full)")
     group.add_argument("--repeats", type=int, default=None, help="timed runs per contestant, median reported (default 2 quick, 3 full)")
     group.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    group.add_argument("--contestants", default="scorer,official,fast_rerank")
+    group.add_argument("--contestants", default="scorer,scorer_whole,official,fast_rerank")
     group.add_argument("--reference-pairs", type=int, default=None, help="pairs checked against the batch-1 reference (default 100)")
     group.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default 989 on CUDA = H100/H200 bf16 dense)")
     group.add_argument("--spark", action="store_true", help="also run the whole job on local Spark (quick mode; needs pyspark)")
     group.add_argument("--spark-runs", type=int, default=2, help="job runs for --spark; the first pays Python worker and model start-up")
+    group.add_argument(
+        "--few-candidates", default="1,2,3,5",
+        help="candidates per query for the few-candidates section (prefix reuse's per-query cost), comma-separated; '' skips it",
+    )
+    group.add_argument("--few-pairs", type=int, default=300, help="pairs per count in the few-candidates section")
 
 
 def finish_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -545,6 +657,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                     },
                 },
                 "fidelity": fidelity(loaded, pairs, scores, args.reference_pairs),
+                "few_candidates": few_candidates(bench_model, args),
             }
             if args.device == "cpu" and "scorer" in results and "official" in results:
                 ratio = entry["ratios"]["scorer/official pairs/s"]
