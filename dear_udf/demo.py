@@ -100,7 +100,7 @@ def _show_metrics(metrics: dict | None) -> None:
 
 
 def _show_top(collection, output: Path, show: int) -> None:
-    from .io.delta_commit import read_table
+    from .io.delta_writer import read_table
 
     table = read_table(str(output)).to_pylist()
     queries = {r["query_id"]: r["query"] for r in collection.queries.to_pylist()}

@@ -27,14 +27,14 @@ from dear_udf.cache import (
     keys,
     open_cache,
     pair_key,
-    pick_one,
     query_hash,
     model_fields_of,
-    read_entries,
     scorer_fields,
     scorer_key,
 )
 from dear_udf.cli import main
+
+from .cachedata import read_entries
 from dear_udf.tokenization import Layout
 
 FP = "ab" * 32
@@ -350,25 +350,6 @@ def test_non_finite_scores_are_not_cached():
     assert got.column("pair_key").to_pylist() == ["a", "d"]
 
 
-def test_readers_pick_one_of_duplicate_entries_deterministically(tmp_path):
-    later = T0 + dt.timedelta(days=1)
-    batches = [
-        _entries("k", ["a", "b", "c"], [5.0, 3.0, 1.0], at=later, run_id="r2"),
-        _entries("k", ["a", "b"], [7.0, 4.0], at=T0, run_id="r1"),
-        _entries("k", ["b", "c"], [2.0, 0.5], at=T0, run_id="r3", pooled_early=[True, None]),
-    ]
-    picks = []
-    for name, order in (("forward", batches), ("backward", batches[::-1])):
-        uri = str(tmp_path / name)
-        for batch in order:
-            append_entries(uri, batch)
-        picks.append(sorted(pick_one(read_entries(uri, "k")).to_pylist(), key=lambda r: r["pair_key"]))
-    # a: the earliest entry (7.0 at T0 beats 5.0 a day later); b: at T0, the lowest score
-    # (2.0); c: at T0 the only one (0.5): first committed wins, then the lowest score.
-    assert picks[0] == picks[1]
-    assert [(r["pair_key"], r["score"], r["pooled_early"]) for r in picks[0]] == [("a", 7.0, None), ("b", 2.0, True), ("c", 0.5, None)]
-
-
 # Rows no writer of this package makes (they never leave scored_at or a score null), but
 # another tool might: the pick must still be one, and the Spark reader's (nulls first).
 RAW_DUPLICATES = [
@@ -386,12 +367,6 @@ def raw_entries(rows) -> pa.Table:
     n = len(rows)
     data.update(scorer_key=["k"] * n, computed_key=["c"] * n, query_id=[None] * n, doc_id=[None] * n, run_id=["r"] * n, scorer=[None] * n)
     return pa.table({f.name: pa.array(data[f.name], f.type) for f in CACHE_ARROW_SCHEMA}, schema=CACHE_ARROW_SCHEMA)
-
-
-def test_pick_one_puts_nulls_first_in_every_column_whatever_the_order():
-    for rows in (RAW_DUPLICATES, RAW_DUPLICATES[::-1]):
-        got = pick_one(raw_entries(rows)).to_pylist()
-        assert [(r["pair_key"], r["score"], r["pooled_early"], r["pooled_in_query"]) for r in got] == RAW_PICKS
 
 
 def _append_rounds(uri: str, writer: str, rounds: int, barrier, results) -> None:

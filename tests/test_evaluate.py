@@ -13,7 +13,7 @@ from dear_udf import cli
 from dear_udf.config import InputSpec
 from dear_udf.evaluate import compare, evaluate
 from dear_udf.exceptions import ConfigError
-from dear_udf.io import commit_run, read_qrels, read_trec_run
+from dear_udf.io import read_qrels, read_trec_run, replace_partition
 
 # Three judged queries; q3 is judged but absent from the reranked run, q9 judged but never
 # retrieved by the first stage.
@@ -166,7 +166,7 @@ def test_eval_cli_reads_one_run_of_a_delta_output_table(files, tmp_path, capsys)
         ).drop_columns(["run_id"])
         (uri / f"run_id={run_id}").mkdir(parents=True)
         pq.write_table(data, uri / f"run_id={run_id}" / "part-0.parquet")
-        commit_run(str(uri), run_id, [f"run_id={run_id}/part-0.parquet"])
+        replace_partition(str(uri), run_id, [f"run_id={run_id}/part-0.parquet"])
     assert cli.main(["eval", "--run", str(uri), "--qrels", files["qrels.txt"], "--measures", "RR@10"]) == 2
     assert "choose one with run_id" in capsys.readouterr().err
     assert cli.main(["eval", "--run", str(uri), "--run-id", "good", "--qrels", files["qrels.txt"], "--measures", "RR@10"]) == 0

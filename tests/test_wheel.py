@@ -130,7 +130,7 @@ def test_demo_and_a_tracked_run_from_the_wheel_print_cleanly(fresh, monkeypatch)
     """The demo end to end, as a user runs it: the trained stand-in lifts nDCG@10 through the
     whole Spark job (a job that mixed up ids, scores or ranks could not beat the first
     stage), the bad rows are counted, and the output is what a person wants to read."""
-    from dear_udf.io.delta_commit import read_table
+    from dear_udf.io.delta_writer import read_table
 
     demo_dir = fresh.cwd / "demo"
     demo = _run(fresh, fresh.script, "demo", "--workdir", demo_dir, "--train-steps", "60")

@@ -1,9 +1,9 @@
 """The score cache: scores keyed by what determines them, kept in a Delta table.
 
 Pure Python, pyarrow and deltalake; no pyspark. ``keys`` says what a key hashes,
-``table`` how entries are stored, read and appended, ``upkeep`` the stats and vacuum
-behind ``dear-rerank cache``. The Spark side (key expressions, lookup, chunk commits)
-is ``dear_udf.spark.cache``.
+``table`` how entries are stored and appended, ``check`` how a night's hits are checked,
+``upkeep`` the stats and vacuum behind ``dear-rerank cache``. The Spark side (key expressions, lookup, chunk commits)
+is ``dear_udf.spark.score_cache``.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from .table import (
     check_cache,
     entries_table,
     open_cache,
-    pick_one,
-    read_entries,
+
 )
 from .upkeep import cache_stats, cache_vacuum, format_stats
 
@@ -56,9 +55,7 @@ __all__ = [
     "format_stats",
     "open_cache",
     "pair_key",
-    "pick_one",
     "query_hash",
-    "read_entries",
     "environment",
     "model_fields",
     "model_fields_of",

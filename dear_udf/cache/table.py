@@ -7,21 +7,20 @@ updated: a chunk's scores are one append commit.
 
 Concurrency: appends are blind (they read nothing), so two runs appending at the same
 moment do not conflict in Delta's sense; delta-rs retries a lost commit race itself, and
-``append_entries`` retries again from a fresh snapshot on ``CommitFailedError`` (also
+``append_entries`` retries again from a fresh snapshot (``io.delta_writer.append``; also
 when two runs create the table at once: one wins version 0, the other appends after it).
-Both runs' rows land. The same pair scored by two runs gives two rows; readers pick one
-deterministically (``pick_one``: earliest ``scored_at``, then lowest score, then flags,
-nulls first), so every reader of one table version sees the same score. (A run committing
-the same pair later with an earlier ``scored_at`` can change the pick; both entries then
-hold the same scorer's score for the same texts.)
+Both runs' rows land. The same pair scored by two runs gives two rows; the reader picks
+one deterministically (``spark.score_cache.pick_one``), so every reader of one table
+version sees the same score.
+
+The Spark side (key expressions, the lookup, chunk appends through Spark's Delta) is
+``dear_udf.spark.score_cache``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import random
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +28,7 @@ import pyarrow as pa
 
 from .. import schema as S
 from ..exceptions import DearRerankError
+from ..io.delta_writer import deltalake_uri, open_table
 from ..paths import location
 
 SCORER_KEY = S.SCORER_KEY
@@ -85,17 +85,6 @@ def _refuse_foreign_folder(uri: str) -> None:
         )
 
 
-def deltalake_uri(uri: str) -> str:
-    """What ``deltalake`` is given for the cache at ``uri``; refuses a store it cannot open."""
-    found = location(uri).for_deltalake
-    if found is None:
-        raise CacheError(
-            f"{uri}: deltalake cannot open a score cache there; a {location(uri).scheme}: cache is read and written "
-            "through Spark's Delta (Databricks has it; spark-submit adds --packages io.delta:delta-spark_2.13)."
-        )
-    return found
-
-
 def cache_schema_difference(schema: pa.Schema) -> str | None:
     """None for the cache's schema, or for a cache of format 1 (``ADDED_IN_FORMAT_2``
     missing); else what differs from the current schema."""
@@ -104,17 +93,7 @@ def cache_schema_difference(schema: pa.Schema) -> str | None:
     return None if diff is None or S.schema_difference(schema, older) is None else diff
 
 
-def _open(uri: str, storage_options: dict[str, str] | None):
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        return DeltaTable(deltalake_uri(uri), storage_options=storage_options)
-    except TableNotFoundError:
-        return None
-
-
-def check_cache(uri: str, *, storage_options: dict[str, str] | None = None):
+def check_cache(uri: str):
     """The cache's ``DeltaTable``, or None where there is none yet; refuses anything else.
 
     Raises:
@@ -128,7 +107,7 @@ def check_cache(uri: str, *, storage_options: dict[str, str] | None = None):
     """
     _refuse_foreign_folder(uri)
     try:
-        table = _open(uri, storage_options)
+        table = open_table(uri, error=CacheError)
     except CacheError:
         raise
     except Exception as exc:  # deltalake raises its own error types per store
@@ -144,7 +123,7 @@ def check_cache(uri: str, *, storage_options: dict[str, str] | None = None):
     return table
 
 
-def open_cache(uri: str, *, storage_options: dict[str, str] | None = None):
+def open_cache(uri: str):
     """The cache's ``DeltaTable``, created empty when absent (after ``check_cache``'s checks).
 
     Two processes creating it at once both end up with the one table.
@@ -156,14 +135,14 @@ def open_cache(uri: str, *, storage_options: dict[str, str] | None = None):
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError
 
-    table = check_cache(uri, storage_options=storage_options)
+    table = check_cache(uri)
     if table is not None:
         return table
     try:
-        DeltaTable.create(deltalake_uri(uri), CACHE_ARROW_SCHEMA, mode="error", partition_by=PARTITION_BY, storage_options=storage_options)
+        DeltaTable.create(deltalake_uri(uri, error=CacheError), CACHE_ARROW_SCHEMA, mode="error", partition_by=PARTITION_BY)
     except DeltaError:  # another process created it first: use theirs, after the checks
         pass
-    table = check_cache(uri, storage_options=storage_options)
+    table = check_cache(uri)
     if table is None:
         raise CacheError(f"{uri}: could not create the score cache table.")
     return table
@@ -225,98 +204,26 @@ def _scorer_column(keys: Any, scorers: Mapping[str, str]) -> Any:
     return pc.take(pa.array([scorers[k] for k in known], pa.string()), where)
 
 
-def append_entries(
-    uri: str,
-    entries: pa.Table,
-    *,
-    transaction: tuple[str, int] | None = None,
-    storage_options: dict[str, str] | None = None,
-) -> int | None:
+def append_entries(uri: str, entries: pa.Table, *, transaction: tuple[str, int] | None = None) -> int | None:
     """Append cache rows (``CACHE_ARROW_SCHEMA``) as ONE Delta commit; returns the table
     version read right after it (a concurrent writer's later commit may be in it already).
 
-    Nothing is committed for no rows (returns None). Retries from a fresh snapshot when a
-    concurrent writer won the commit race, so concurrent appends all land. With
+    Nothing is committed for no rows (returns None). Concurrent appends all land. With
     ``transaction`` (an application id and a version, Delta's idempotent-write marker) a
-    retry first asks the table whether the failed attempt's commit landed after all (its
-    marker is recorded): then nothing is written twice.
+    retry whose failed attempt landed after all writes nothing (``io.delta_writer.append``).
+    A cache of format 1 gains the new columns.
 
     Raises:
         CacheError: the path is not a score cache (``check_cache``), the rows are off-schema,
             or the commit still failed after ``APPEND_ATTEMPTS`` attempts.
     """
-    from deltalake import CommitProperties, Transaction, write_deltalake
-    from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError
-
-    from .. import hooks
+    from ..io.delta_writer import append
 
     diff = S.schema_difference(entries.schema, CACHE_ARROW_SCHEMA)
     if diff:
         raise CacheError(f"{uri}: rows to append are not cache rows: {diff}.")
     if entries.num_rows == 0:
         return None
-    entries = entries.cast(CACHE_ARROW_SCHEMA)
-    open_cache(uri, storage_options=storage_options)
-    marker = None if transaction is None else CommitProperties(app_transactions=[Transaction(*transaction)])
-    for attempt in range(1, APPEND_ATTEMPTS + 1):
-        try:
-            # schema_mode="merge": a cache of format 1 gains the new columns.
-            write_deltalake(deltalake_uri(uri), entries, mode="append", partition_by=PARTITION_BY, schema_mode="merge",
-                            commit_properties=marker, storage_options=storage_options)
-            hooks.at("cache-appended", uri=uri, attempt=attempt)
-            table = _open(uri, storage_options)
-            return None if table is None else table.version()
-        except SchemaMismatchError as exc:
-            raise CacheError(f"{uri}: the score cache refused the rows' schema ({exc}).") from exc
-        except (CommitFailedError, DeltaError) as exc:
-            table = _open(uri, storage_options)
-            if transaction is not None and table is not None and (table.transaction_version(transaction[0]) or -1) >= transaction[1]:
-                return table.version()  # the commit landed before the error: never write it twice
-            if attempt == APPEND_ATTEMPTS:
-                raise CacheError(f"{uri}: appending to the score cache failed after {attempt} attempts ({' '.join(str(exc).split()[:40])}).") from exc
-            time.sleep(random.uniform(0.05, 0.2) * attempt)
-    raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-def read_entries(
-    uri: str,
-    scorer_key: str,
-    *,
-    columns: list[str] | None = None,
-    storage_options: dict[str, str] | None = None,
-) -> pa.Table:
-    """Every row of one scorer key (duplicates included), reading only its partition.
-
-    An absent cache reads as no rows; columns a format-1 cache lacks read as nulls.
-    """
-    table = check_cache(uri, storage_options=storage_options)
-    wanted = columns or CACHE_ARROW_SCHEMA.names
-    if table is None:
-        return CACHE_ARROW_SCHEMA.empty_table().select(wanted)
-    present = set(table.schema().to_arrow().names)
-    found = table.to_pyarrow_table(partitions=[(SCORER_KEY, "=", scorer_key)], columns=[c for c in wanted if c in present])
-    return pa.table({c: found.column(c) if c in present else pa.nulls(found.num_rows, CACHE_ARROW_SCHEMA.field(c).type) for c in wanted})
-
-
-def pick_one(entries: pa.Table) -> pa.Table:
-    """One row per pair key: the earliest ``scored_at``, then the lowest score, then the
-    flags (false before true), a null before any value in each. Deterministic whatever the
-    file order; the Spark reader (``dear_udf.spark.cache.pick_one``) applies the same rule,
-    Spark's ordering of a struct (nulls first).
-
-    Returns ``pair_key`` and ``ENTRY_COLUMNS``.
-    """
-    import pyarrow.compute as pc
-
-    if entries.num_rows == 0:
-        return entries.select([PAIR_KEY, *ENTRY_COLUMNS])
-    # Sort each column by (is it set, its value): nulls first as Spark orders them, on
-    # every pyarrow version (per-key null placement came in pyarrow 25).
-    ranked, order = entries, [(PAIR_KEY, "ascending")]
-    for name in (SCORED_AT, *ENTRY_COLUMNS):
-        ranked = ranked.append_column(f"_{name}_set", pc.is_valid(entries.column(name)))
-        order += [(f"_{name}_set", "ascending"), (name, "ascending")]
-    ordered = ranked.sort_by(order)
-    keys = ordered.column(PAIR_KEY).to_pylist()
-    first = [i for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]]
-    return ordered.take(first).select([PAIR_KEY, *ENTRY_COLUMNS])
+    open_cache(uri)
+    return append(uri, entries.cast(CACHE_ARROW_SCHEMA), partition_by=PARTITION_BY, transaction=transaction,
+                  attempts=APPEND_ATTEMPTS, error=CacheError)

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import random
 import re
-import time
 from typing import Any
 
 import pyarrow as pa
@@ -54,14 +52,14 @@ def _iso(value: Any) -> str | None:
     return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _existing(uri: str, storage_options: dict[str, str] | None):
-    table = check_cache(uri, storage_options=storage_options)
+def _existing(uri: str):
+    table = check_cache(uri)
     if table is None:
         raise CacheError(f"{uri}: there is no score cache here (no Delta table).")
     return table
 
 
-def cache_stats(uri: str, *, storage_options: dict[str, str] | None = None) -> dict[str, Any]:
+def cache_stats(uri: str) -> dict[str, Any]:
     """Per scorer key: entries, files, bytes, the oldest/newest ``scored_at``, the first and
     last run id, and what the key was computed with (``scorer``: model and adapter
     fingerprints, dtype, attention, layout, device, library versions, matmul precision;
@@ -77,7 +75,7 @@ def cache_stats(uri: str, *, storage_options: dict[str, str] | None = None) -> d
         >>> cache_stats("/tables/score-cache")["entries"]  # doctest: +SKIP
         1200000
     """
-    table = _existing(uri, storage_options)
+    table = _existing(uri)
     adds = pa.table(table.get_add_actions(flatten=True)).to_pylist()
     per_key: dict[str, dict[str, Any]] = {}
     ends: dict[str, dict[str, Any]] = {}
@@ -216,19 +214,16 @@ def _predicate(keep: list[str] | None, drop: list[str], cutoff: dt.datetime | No
     return " OR ".join(f"({p})" for p in parts) or None
 
 
-def _delete(uri: str, predicate: str, storage_options: dict[str, str] | None) -> int:
-    """Delete the entries ``predicate`` selects, in one Delta commit; the rows deleted."""
-    from deltalake.exceptions import DeltaError
+def _delete(uri: str, predicate: str) -> int:
+    """Delete the entries ``predicate`` selects, in one Delta commit; the rows deleted. A run
+    that appended meanwhile makes the delete retry from the new snapshot."""
+    from ..io.delta_writer import reason, retrying
 
-    for attempt in range(1, DELETE_ATTEMPTS + 1):
-        table = _existing(uri, storage_options)
-        try:
-            return int(table.delete(predicate).get("num_deleted_rows") or 0)
-        except DeltaError as exc:  # a run appended meanwhile: delete from the new snapshot
-            if attempt == DELETE_ATTEMPTS:
-                raise CacheError(f"{uri}: deleting cache entries failed after {attempt} attempts ({exc}).") from exc
-            time.sleep(random.uniform(0.05, 0.2) * attempt)
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    def recover(exc: Exception, n: int) -> None:
+        if n == DELETE_ATTEMPTS:
+            raise CacheError(f"{uri}: deleting cache entries failed after {n} attempts ({reason(exc)}).") from exc
+
+    return retrying(lambda n: int(_existing(uri).delete(predicate).get("num_deleted_rows") or 0), attempts=DELETE_ATTEMPTS, recover=recover)
 
 
 def cache_vacuum(
@@ -240,7 +235,6 @@ def cache_vacuum(
     retention_hours: int | None = None,
     allow_short_retention: bool = False,
     now: dt.datetime | None = None,
-    storage_options: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Delete entries of other scorer keys and/or older than N days, then Delta VACUUM.
 
@@ -280,14 +274,14 @@ def cache_vacuum(
         )
     cutoff = None if older_than_days is None else (now or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(days=older_than_days)
     predicate = _predicate(keep, drop, cutoff)
-    before = cache_stats(uri, storage_options=storage_options)
-    deleted = 0 if predicate is None else _delete(uri, predicate, storage_options)
-    table = _existing(uri, storage_options)
+    before = cache_stats(uri)
+    deleted = 0 if predicate is None else _delete(uri, predicate)
+    table = _existing(uri)
     if retention_hours is None:
         removed = table.vacuum(dry_run=False)
     else:
         removed = table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False)
-    after = cache_stats(uri, storage_options=storage_options)
+    after = cache_stats(uri)
     return {
         "path": uri,
         "predicate": predicate,

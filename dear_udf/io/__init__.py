@@ -5,7 +5,7 @@ Nothing here imports pyspark; deltalake is imported inside the functions that ne
 
 from __future__ import annotations
 
-from .delta_commit import commit_run, committed_version, read_table
+from .delta_writer import read_table, replace_partition
 from .formats import (
     infer_format,
     read_candidates,
@@ -19,8 +19,6 @@ from .trec import write_trec_run
 
 __all__ = [
     "as_run",
-    "commit_run",
-    "committed_version",
     "infer_format",
     "read_candidates",
     "read_corpus",
@@ -28,6 +26,7 @@ __all__ = [
     "read_queries",
     "read_run",
     "read_table",
+    "replace_partition",
     "read_trec_run",
     "write_trec_run",
 ]

@@ -122,7 +122,7 @@ def read_run(path: str, *, format: str | None = None, run_id: str | None = None)
 
 def _read_table(path: str, fmt: str) -> pa.Table:
     if fmt == "delta":
-        from .delta_commit import read_table
+        from .delta_writer import read_table
 
         return read_table(path)
     import pyarrow.dataset as ds

@@ -1,4 +1,4 @@
-"""One-transaction Delta commits of a run's Parquet files with deltalake (no JVM)."""
+"""The Delta writer without a JVM (deltalake): one-transaction commits of a run's Parquet files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from dear_udf.exceptions import ConfigError, InputError, OutputError
-from dear_udf.io.delta_commit import commit_run, committed_version, read_table
+from dear_udf.io.delta_writer import read_table, replace_partition
 from dear_udf.schema import OUTPUT_ARROW_SCHEMA
 
 
@@ -59,7 +59,7 @@ def _expected(*tables: pa.Table) -> list[tuple]:
 def test_first_commit_creates_partitioned_table_with_output_schema(tmp_path):
     uri = tmp_path / "out"
     f = _write(uri, "A", 4)
-    assert commit_run(str(uri), "A", [f]) == 0
+    assert replace_partition(str(uri), "A", [f]) == 0
     dt = DeltaTable(str(uri))
     assert dt.metadata().partition_columns == ["run_id"]
     assert pa.schema(dt.schema().to_arrow()).names == OUTPUT_ARROW_SCHEMA.names
@@ -72,10 +72,10 @@ def test_first_commit_creates_partitioned_table_with_output_schema(tmp_path):
 def test_recommit_replaces_only_that_runs_partition(tmp_path):
     uri = tmp_path / "out"
     a_old = [_write(uri, "A", 3, tag="old"), _write(uri, "A", 2, tag="old2")]
-    assert commit_run(str(uri), "A", a_old) == 0
-    assert commit_run(str(uri), "B", [_write(uri, "B", 5)]) == 1
+    assert replace_partition(str(uri), "A", a_old) == 0
+    assert replace_partition(str(uri), "B", [_write(uri, "B", 5)]) == 1
     a_new = _write(uri, "A", 4, tag="new")
-    assert commit_run(str(uri), "A", [a_new]) == 2
+    assert replace_partition(str(uri), "A", [a_new]) == 2
     # B's rows plus only the new A rows; the old A files are still on disk but removed.
     assert _content(uri) == _expected(_rows("B", 5), _rows("A", 4, tag="new"))
     assert all((uri / p).exists() for p in a_old)
@@ -91,15 +91,15 @@ def test_recommit_replaces_only_that_runs_partition(tmp_path):
 
 def test_rerun_leaves_row_count_unchanged(tmp_path):
     uri = tmp_path / "out"
-    commit_run(str(uri), "B", [_write(uri, "B", 2)])
+    replace_partition(str(uri), "B", [_write(uri, "B", 2)])
     for _ in range(3):
-        commit_run(str(uri), "A", [_write(uri, "A", 6)])
+        replace_partition(str(uri), "A", [_write(uri, "A", 6)])
         assert DeltaTable(str(uri)).to_pyarrow_table().num_rows == 8
 
 
 def test_uncommitted_files_are_invisible(tmp_path):
     uri = tmp_path / "out"
-    commit_run(str(uri), "A", [_write(uri, "A", 3)])
+    replace_partition(str(uri), "A", [_write(uri, "A", 3)])
     before, version = _content(uri), DeltaTable(str(uri)).version()
     # A job that wrote its files and died before the commit, for a new and an existing run.
     _write(uri, "A", 50, tag="crashed")
@@ -111,14 +111,14 @@ def test_uncommitted_files_are_invisible(tmp_path):
 def test_uncommitted_files_without_table_leave_no_table(tmp_path):
     uri = tmp_path / "out"
     _write(uri, "A", 3)
-    assert committed_version(str(uri), "nightly") is None
+    assert not (uri / "_delta_log").exists()
     with pytest.raises(InputError, match="not a Delta table"):
         read_table(str(uri))
 
 
 def test_files_holding_the_partition_column_read_the_same(tmp_path):
     uri = tmp_path / "out"
-    commit_run(str(uri), "A", [_write(uri, "A", 3, keep_run_id=True)])
+    replace_partition(str(uri), "A", [_write(uri, "A", 3, keep_run_id=True)])
     assert _content(uri) == _expected(_rows("A", 3))
 
 
@@ -127,38 +127,26 @@ def test_spark_escaped_partition_folder_reads_back_the_run_id(tmp_path):
     run_id = "2024-05-01 T03:00"
     # Spark writes ':' in partition folder names as %3A; delta-rs encodes the path again.
     f = _write(uri, run_id, 2, folder="run_id=2024-05-01 T03%3A00")
-    commit_run(str(uri), run_id, [f])
+    replace_partition(str(uri), run_id, [f])
     assert _content(uri) == _expected(_rows(run_id, 2))
-
-
-def test_app_transaction_is_recorded_and_read_back(tmp_path):
-    uri = tmp_path / "out"
-    assert committed_version(str(uri), "nightly") is None
-    commit_run(str(uri), "A", [_write(uri, "A", 1)], app_id="nightly", version=20240501)
-    assert committed_version(str(uri), "nightly") == 20240501
-    commit_run(str(uri), "B", [_write(uri, "B", 1)], app_id="nightly", version=20240502)
-    assert committed_version(str(uri), "nightly") == 20240502
-    commit_run(str(uri), "C", [_write(uri, "C", 1)])  # no marker: the last one stays
-    assert committed_version(str(uri), "nightly") == 20240502
-    assert committed_version(str(uri), "other-app") is None
 
 
 def test_empty_files_empties_the_partition(tmp_path):
     uri = tmp_path / "out"
-    commit_run(str(uri), "A", [_write(uri, "A", 3)])
-    commit_run(str(uri), "B", [_write(uri, "B", 2)])
-    commit_run(str(uri), "A", [])
+    replace_partition(str(uri), "A", [_write(uri, "A", 3)])
+    replace_partition(str(uri), "B", [_write(uri, "B", 2)])
+    replace_partition(str(uri), "A", [])
     assert _content(uri) == _expected(_rows("B", 2))
 
 
 def test_off_schema_file_is_refused_and_table_untouched(tmp_path):
     uri = tmp_path / "out"
-    commit_run(str(uri), "A", [_write(uri, "A", 2)])
+    replace_partition(str(uri), "A", [_write(uri, "A", 2)])
     before = _content(uri)
     bad = "run_id=A/bad.parquet"
     pq.write_table(_rows("A", 2).drop_columns(["run_id"]).set_column(2, "rank", pa.array([1, 2], pa.int64())), uri / bad)
     with pytest.raises(OutputError, match=r"bad\.parquet.*wrong types \{'rank': 'int64 \(expected int32\)'\}"):
-        commit_run(str(uri), "A", [bad])
+        replace_partition(str(uri), "A", [bad])
     assert _content(uri) == before
 
 
@@ -168,7 +156,7 @@ def test_table_with_another_schema_is_refused(tmp_path):
     write_deltalake(str(uri), pa.table({"x": [1], "run_id": ["A"]}), partition_by=["run_id"])
     f = _write(uri, "A", 2)
     with pytest.raises(OutputError, match="table schema differs"):
-        commit_run(str(uri), "A", [f])
+        replace_partition(str(uri), "A", [f])
     assert DeltaTable(str(uri)).to_pyarrow_table().column_names == ["x", "run_id"]
 
 
@@ -176,7 +164,7 @@ def test_missing_file_is_refused(tmp_path):
     uri = tmp_path / "out"
     _write(uri, "A", 1)
     with pytest.raises(OutputError, match=r"run_id=A/nope\.parquet.*does not exist"):
-        commit_run(str(uri), "A", ["run_id=A/nope.parquet"])
+        replace_partition(str(uri), "A", ["run_id=A/nope.parquet"])
 
 
 @pytest.mark.parametrize(
@@ -188,19 +176,17 @@ def test_missing_file_is_refused(tmp_path):
         ("A", "run_id=A/x.parquet", {}, "single string"),
         ("A/B", [], {}, r"run_id must not hold '/'"),
         ("a%2Fb", [], {}, r"run_id must not hold '%'"),
-        ("A", [], {"app_id": "nightly"}, "app_id and version go together"),
-        ("A", [], {"app_id": "nightly", "version": -1}, "version must be a non-negative integer, got -1"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(tmp_path, run_id, files, kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        commit_run(str(tmp_path / "out"), run_id, files, **kwargs)
+        replace_partition(str(tmp_path / "out"), run_id, files, **kwargs)
 
 
 def test_read_table_reads_current_version(tmp_path):
     uri = tmp_path / "out"
-    commit_run(str(uri), "A", [_write(uri, "A", 3)])
-    commit_run(str(uri), "A", [_write(uri, "A", 2)])
+    replace_partition(str(uri), "A", [_write(uri, "A", 3)])
+    replace_partition(str(uri), "A", [_write(uri, "A", 2)])
     assert read_table(str(uri)).num_rows == 2
 
 
@@ -212,7 +198,7 @@ def _commit_rounds(uri: str, run_id: str, rounds: list[str], barrier, results) -
     for rel in rounds:
         barrier.wait(timeout=60)
         try:
-            commit_run(uri, run_id, [rel])
+            replace_partition(uri, run_id, [rel])
             results.put((run_id, rel, None))
         except Exception as exc:  # reported to the test, which names it
             results.put((run_id, rel, f"{type(exc).__name__}: {exc}"))
@@ -223,7 +209,7 @@ def test_concurrent_commits_of_different_runs_all_land(tmp_path):
     # replace runs A and B at the same moment, three times; C must stay as it was.
     uri = tmp_path / "out"
     for run_id in ("A", "B", "C"):
-        commit_run(str(uri), run_id, [_write(uri, run_id, 2, tag="old")])
+        replace_partition(str(uri), run_id, [_write(uri, run_id, 2, tag="old")])
     rounds = {r: [_write(uri, r, 3 + i, tag=f"r{i}") for i in range(3)] for r in ("A", "B")}
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
@@ -255,20 +241,20 @@ def _commit_first(monkeypatch, competitor) -> None:
 
 def test_commit_is_retried_when_another_run_replaced_another_partition(tmp_path, monkeypatch):
     uri = tmp_path / "out"
-    commit_run(str(uri), "A", [_write(uri, "A", 2, tag="old")])
-    commit_run(str(uri), "B", [_write(uri, "B", 2, tag="old")])
+    replace_partition(str(uri), "A", [_write(uri, "A", 2, tag="old")])
+    replace_partition(str(uri), "B", [_write(uri, "B", 2, tag="old")])
     b_new = _write(uri, "B", 3, tag="new")
-    _commit_first(monkeypatch, lambda: commit_run(str(uri), "B", [b_new]))
-    commit_run(str(uri), "A", [_write(uri, "A", 4, tag="new")])
+    _commit_first(monkeypatch, lambda: replace_partition(str(uri), "B", [b_new]))
+    replace_partition(str(uri), "A", [_write(uri, "A", 4, tag="new")])
     assert _content(uri) == _expected(_rows("A", 4, tag="new"), _rows("B", 3, tag="new"))
 
 
 def test_concurrent_commit_of_the_same_run_is_refused_not_overwritten(tmp_path, monkeypatch):
     # Two runs of one night at once: the later one must not silently replace the other's rows.
     uri = tmp_path / "out"
-    commit_run(str(uri), "A", [_write(uri, "A", 2, tag="old")])
+    replace_partition(str(uri), "A", [_write(uri, "A", 2, tag="old")])
     other = _write(uri, "A", 3, tag="other")
-    _commit_first(monkeypatch, lambda: commit_run(str(uri), "A", [other]))
+    _commit_first(monkeypatch, lambda: replace_partition(str(uri), "A", [other]))
     with pytest.raises(OutputError, match=r"another run committed run_id='A' at the same time \(table version 1\)"):
-        commit_run(str(uri), "A", [_write(uri, "A", 4, tag="mine")])
+        replace_partition(str(uri), "A", [_write(uri, "A", 4, tag="mine")])
     assert _content(uri) == _expected(_rows("A", 3, tag="other"))
