@@ -1,6 +1,11 @@
-"""The run's accounting: what was read, kept, scored, dropped and written, and how fast.
+"""The run's accounting: each step's part, and the summary made from the parts.
 
-The invariants every summary states and the job checks before it reports success:
+Every step of the job returns its part, a frozen record of what it counted
+(``ReadCounts``, ``JoinCounts``, ``ScoreCounts``, ``OutputCounts``); the summary is made
+from them once the table is committed (``RunSummary.of``). Nothing fills a summary from
+six places. The summary's JSON is flat: each part's fields are its keys.
+
+The invariants every summary states and the job checks before it writes (``guards.py``):
 
 - candidates read = pairs scored now + pairs found in the score cache + candidates
   dropped (by reason);
@@ -14,74 +19,136 @@ queries that have no candidates at all, and candidates without a first-stage ran
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass
-class RunSummary:
-    """Mutable while the job runs; written once at the end."""
+@dataclass(frozen=True)
+class RunHead:
+    """What the run is, known before it reads anything (``steps.start``)."""
 
     run_id: str
-    model: str
+    model: str  # the output's model column: name, revision, fingerprint
     output: str
     format: str
-    rows_read: dict[str, int] = field(default_factory=dict)
-    duplicate_ids_collapsed: dict[str, int] = field(default_factory=dict)
-    texts_with_invalid_utf8: dict[str, int] = field(default_factory=dict)
-    rows_without_id: dict[str, int] = field(default_factory=dict)  # queries, corpus: ignored
-    first_stage_missing: dict[str, int] = field(default_factory=dict)  # candidates: rank, score
-    candidates_read: int = 0
-    candidates_kept: int = 0
-    pairs_scored: int = 0  # scored by the model in this run (the cache's misses)
-    cache: str = ""  # the score cache: --cache, or the scratch cache beside the output
-    cache_scratch: bool = False  # removed once the output is committed
-    scorer_key: str = ""  # the key lookups use: what the driver expects the executors to score under
-    scorer: dict[str, Any] = field(default_factory=dict)  # what that key hashes
-    scored_under_other_keys: dict[str, Any] = field(default_factory=dict)  # tasks that scored elsewhere
-    hit_check: dict[str, Any] | None = None  # a sample of the hits scored again (cache.check)
-    cache_hits: int = 0  # kept pairs whose score came from the cache
-    cache_misses: int = 0
-    cache_hit_rate: float = 0.0
-    chunks: list[dict[str, Any]] = field(default_factory=list)  # chunk, pairs, seconds
-    non_finite_scores: int = 0  # NaN or infinite scores; a run holding any is refused
-    dropped: dict[str, int] = field(default_factory=dict)
-    queries_in_candidates: int = 0
-    queries_without_candidates: int = 0  # in the queries, not in the candidates: not output
-    queries_with_nothing_to_rank: list[str] = field(default_factory=list)
-    queries_with_nothing_to_rank_count: int = 0
-    output_rows: int = 0
-    output_queries: int = 0
-    pairs_pooled_early: int = 0  # pooled before their last real token (first-pad and a "!")
-    pairs_pooled_in_query: int = 0  # scored on the query alone: their candidates all tie
-    queries_pooled_in_query: int = 0
-    queries_pooled_in_query_examples: list[str] = field(default_factory=list)
-    model_loads: int = 0
-    oom_splits: int = 0
-    tasks_without_gpu: int = 0  # scoring tasks Spark gave no GPU (device unset): they ran on CPU
-    real_tokens: int = 0
-    computed_tokens: int = 0
+    settings: dict[str, Any]
+    cache: str  # the score cache: --cache, or the scratch cache beside the output
+    cache_scratch: bool  # removed once the output is committed
+    scorer_key: str  # the key lookups use: what the driver expects the executors to score under
+    scorer: dict[str, Any]  # what that key hashes
+
+
+@dataclass(frozen=True)
+class ReadCounts:
+    """What the three inputs hold (``steps.read_inputs``)."""
+
+    rows_read: dict[str, int]
+    duplicate_ids_collapsed: dict[str, int]  # ids repeated with identical rows: one kept
+    texts_with_invalid_utf8: dict[str, int]
+    rows_without_id: dict[str, int]  # queries, corpus: ignored
+    first_stage_missing: dict[str, int]  # candidates: rank, score
+    candidates_read: int
+
+
+@dataclass(frozen=True)
+class JoinCounts:
+    """Candidates kept for scoring, and dropped by reason (``steps.join``)."""
+
+    candidates_kept: int
+    dropped: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ScoreCounts:
+    """The score step (``spark/score_step.py``): the cache, the model, the pooling."""
+
+    pairs_scored: int  # scored by the model in this run (the cache's misses)
+    cache_hits: int  # kept pairs whose score came from the cache
+    cache_misses: int
+    cache_hit_rate: float
+    chunks: list[dict[str, Any]]  # chunk, pairs, seconds
+    hit_check: dict[str, Any] | None  # a sample of the hits scored again (cache.check)
+    scored_under_other_keys: dict[str, Any]  # tasks that scored elsewhere than expected
+    non_finite_scores: int  # NaN or infinite scores; a run holding any is refused
+    pairs_pooled_early: int  # pooled before their last real token (first-pad and a "!")
+    pairs_pooled_in_query: int  # scored on the query alone: their candidates all tie
+    queries_pooled_in_query: int
+    queries_pooled_in_query_examples: list[str]
+    model_loads: int
+    oom_splits: int
+    tasks_without_gpu: int  # scoring tasks Spark gave no GPU (device unset): they ran on CPU
+    real_tokens: int
+    computed_tokens: int
+    pairs_per_second: float
+
+
+@dataclass(frozen=True)
+class OutputCounts:
+    """The top-k and every query accounted for (``steps.top_k``)."""
+
+    output_rows: int
+    output_queries: int
+    queries_in_candidates: int
+    queries_without_candidates: int  # in the queries, not in the candidates: not output
+    queries_with_nothing_to_rank: list[str]  # the first NOTHING_TO_RANK_LISTED, in id order
+    queries_with_nothing_to_rank_count: int
+
+
+PARTS = (RunHead, ReadCounts, JoinCounts, ScoreCounts, OutputCounts)
+
+
+def accounted(read: ReadCounts, join: JoinCounts, score: ScoreCounts) -> bool:
+    """Every candidate read was scored, found in the cache, or dropped with a reason."""
+    return read.candidates_read == score.pairs_scored + score.cache_hits + sum(join.dropped.values())
+
+
+def queries_accounted(output: OutputCounts) -> bool:
+    """Every query of the candidates was written or has nothing to rank."""
+    return output.queries_in_candidates == output.output_queries + output.queries_with_nothing_to_rank_count
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A finished run: its parts, the write, the metrics and the times.
+
+    A part's fields read as the summary's own (``summary.cache_hits``), as in its JSON.
+    """
+
+    head: RunHead
+    read_counts: ReadCounts
+    join_counts: JoinCounts
+    score_counts: ScoreCounts
+    output_counts: OutputCounts
+    write: dict[str, Any]  # the writer, and for deltalake the table version
+    metrics: dict[str, Any] | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
-    pairs_per_second: float = 0.0
-    write: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not the summary's own fields: a part's field.
+        for part in ("head", "read_counts", "join_counts", "score_counts", "output_counts"):
+            found = self.__dict__.get(part)
+            if found is not None and name in found.__dataclass_fields__:
+                return getattr(found, name)
+        raise AttributeError(f"{type(self).__name__} has no field {name!r}.")
 
     @property
     def accounted(self) -> bool:
-        """True when every candidate read was scored, found in the cache, or dropped with a reason."""
-        return self.candidates_read == self.pairs_scored + self.cache_hits + sum(self.dropped.values())
+        return accounted(self.read_counts, self.join_counts, self.score_counts)
 
     @property
     def queries_accounted(self) -> bool:
-        """True when every query of the candidates was written or has nothing to rank."""
-        return self.queries_in_candidates == self.output_queries + self.queries_with_nothing_to_rank_count
+        return queries_accounted(self.output_counts)
 
     def as_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out["candidates_dropped"] = sum(self.dropped.values())
+        """The flat JSON of the summary: every part's fields, and the totals."""
+        out: dict[str, Any] = {}
+        for part in (self.head, self.read_counts, self.join_counts, self.score_counts, self.output_counts):
+            out.update(dataclasses.asdict(part))
+        out.update(write=self.write, metrics=self.metrics, stage_seconds=self.stage_seconds, wall_seconds=self.wall_seconds)
+        out["candidates_dropped"] = sum(self.join_counts.dropped.values())
         out["accounted"] = self.accounted
         out["queries_accounted"] = self.queries_accounted
         out["computed_per_real_token"] = self.computed_tokens / self.real_tokens if self.real_tokens else None
@@ -89,14 +156,6 @@ class RunSummary:
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2, sort_keys=True, default=str) + "\n"
-
-    def write_json(self, path: str) -> None:
-        """Write atomically (a reader never sees half a summary), readable by all (0644)."""
-        from .io.staged import StagedFile
-
-        with StagedFile(path) as staged:
-            staged.write_text(self.to_json())
-            staged.publish()
 
     def render(self) -> str:
         """A short human-readable account for the end of the log."""

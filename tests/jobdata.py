@@ -65,3 +65,27 @@ def job_config(paths: dict, model_dir, output, **extra):
     from dear_udf.config import build_job_config
 
     return build_job_config(job_values(paths, model_dir, output, **extra))
+
+
+def a_summary(**fields):
+    """A finished run's summary with zero counts, ``fields`` overriding any part's field
+    (``candidates_read=3``, ``dropped={...}``)."""
+    import dataclasses
+
+    from dear_udf.summary import PARTS, RunSummary
+
+    zero = {dict: {}, list: [], int: 0, float: 0.0, bool: False, str: ""}
+
+    def part(cls):
+        values = {}
+        for f in dataclasses.fields(cls):
+            base = str(f.type).split("[")[0].split(" |")[0]
+            empty = None if "None" in str(f.type) else zero.get({"dict": dict, "list": list, "int": int, "float": float, "bool": bool, "str": str}.get(base))
+            values[f.name] = fields.get(f.name, empty)
+        return cls(**values)
+
+    head, read, join, score, output = (part(cls) for cls in PARTS)
+    defaults = {"run_id": "night-1", "model": "m", "output": "out", "format": "delta"}
+    head = dataclasses.replace(head, **{k: fields.get(k, v) for k, v in defaults.items()})
+    return RunSummary(head=head, read_counts=read, join_counts=join, score_counts=score, output_counts=output,
+                      write=fields.get("write", {}), metrics=fields.get("metrics"))

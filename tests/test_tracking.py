@@ -65,11 +65,11 @@ def test_metric_names_are_ones_mlflow_accepts():
 
 
 def test_tracking_failure_is_a_warning_not_a_failed_night(tmp_path, caplog):
-    from dear_udf.summary import RunSummary
+    from .jobdata import a_summary
 
-    summary = RunSummary(run_id="night-1", model="m#0", output=str(tmp_path / "t"), format="delta")
+    summary = a_summary(model="m#0", output=str(tmp_path / "t"))
     path = tmp_path / "t.summary.json"
-    summary.write_json(str(path))
+    path.write_text(summary.to_json())
     with caplog.at_level(logging.WARNING, logger="dear_udf.tracking"):
         run = log_run(TrackingSpec(tracking_uri="no-such-scheme://tracking"), summary=summary, params={}, summary_path=str(path))
     assert run is None
