@@ -412,7 +412,7 @@ def core_runs(
     loaded = load_model(ModelSpec(model=str(model_path), dtype="float32", device="cpu", local_files_only=True))
     qids, dids, queries, titles, texts = read_pairs(paths)
     n, step = len(qids), args.arrow_batch_size
-    chunks = [(queries[i : i + step], titles[i : i + step], texts[i : i + step]) for i in range(0, n, step)]
+    chunks = [(None, queries[i : i + step], titles[i : i + step], texts[i : i + step]) for i in range(0, n, step)]
     Scorer(loaded, batch_size=args.batch_size).score(queries[:256], titles[:256], texts[:256])  # first-call costs
     results: dict[str, Any] = {}
     first_scores = None
@@ -423,7 +423,7 @@ def core_runs(
         parts = []
         with sampler.window() as w:
             start, cpu_start = time.perf_counter(), time.process_time()
-            for _, scores in scorer.score_stream(iter(chunks)):
+            for _, _, scores in scorer.score_stream(iter(chunks)):
                 parts.append(scores)
             seconds = time.perf_counter() - start
             cpu_seconds = time.process_time() - cpu_start

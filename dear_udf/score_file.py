@@ -50,6 +50,7 @@ def _chunks(table, rows: int):
 
     for batch in whole_queries(iter(table.to_batches(max_chunksize=rows))):
         yield (
+            None,
             batch.column(S.QUERY).to_pylist(),
             batch.column(S.TITLE).to_pylist() if S.TITLE in batch.schema.names else None,
             batch.column(S.TEXT).to_pylist(),
@@ -76,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
     scores = np.empty(table.num_rows, dtype=np.float32)
     done = 0
     with progress_bar(table.num_rows, desc="scoring", unit="pairs") as bar:
-        for _, chunk_scores in scorer.score_stream(_chunks(table.take(order), CHUNK_ROWS)):
+        for _, _, chunk_scores in scorer.score_stream(_chunks(table.take(order), CHUNK_ROWS)):
             scores[positions[done : done + len(chunk_scores)]] = chunk_scores
             done += len(chunk_scores)
             bar.update(len(chunk_scores))

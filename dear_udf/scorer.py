@@ -70,7 +70,7 @@ class ScorerStats:
     batches: int = 0
     oom_splits: int = 0  # times a micro-batch was halved after a CUDA out-of-memory error
     pooled_early: int = 0  # pairs pooled before their last real token
-    pooled_in_query: int = 0  # pairs scored on their query alone (see layout.Encoded)
+    pooled_in_query: int = 0  # pairs scored on their query alone (see tokenization.Encoded)
     shared_prefixes: int = 0  # prefixes computed once for the pairs of a query (their positions are in computed_tokens)
     seconds: float = 0.0
 
@@ -201,6 +201,26 @@ def _is_oom(exc: BaseException) -> bool:
     )
 
 
+class _AtOnce:
+    """An executor that runs each call when it is submitted (``Scorer.score_stream`` on CPU)."""
+
+    def submit(self, fn: Any, *args: Any) -> Any:
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            future.set_exception(exc)
+        return future
+
+    def __enter__(self) -> _AtOnce:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
 class Scorer:
     """Scores (query, title, text) rows with a loaded DeAR model.
 
@@ -270,33 +290,27 @@ class Scorer:
         """Scores of the rows, float32, in input order. Nulls read as empty strings."""
         return self.score_encoded(self.encoder.encode(queries, titles, texts))
 
-    def score_stream(
-        self, chunks: Iterable[tuple[Sequence[Any], Sequence[Any] | None, Sequence[Any]]]
-    ) -> Iterator[tuple[Encoded, np.ndarray]]:
-        """Score an iterator of (queries, titles, texts) chunks, yielding (pairs, scores) per chunk.
+    def score_stream(self, chunks: Iterable[tuple[Any, Sequence[Any], Sequence[Any] | None, Sequence[Any]]]) -> Iterator[tuple[Any, Encoded, np.ndarray]]:
+        """Score an iterator of ``(tag, queries, titles, texts)`` chunks, yielding
+        ``(tag, pairs, scores)`` per chunk, in order: the tag (the caller's own record of the
+        chunk, e.g. its Arrow batch) comes back with the chunk's scores.
 
-        On CUDA the next chunk is tokenized in a background thread while the GPU works
-        on the current one (fast tokenizers release the GIL); on CPU both would compete
-        for the same cores, so chunks are handled one after the other.
+        On CUDA the next chunk is tokenized in a background thread while the GPU works on
+        the current one (fast tokenizers release the GIL); on CPU both would compete for the
+        same cores, so each chunk is tokenized when it is taken.
         """
-        if self.device.type != "cuda":
-            for queries, titles, texts in chunks:
-                encoded = self.encoder.encode(queries, titles, texts)
-                yield encoded, self.score_encoded(encoded)
-            return
+        import itertools
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dear-tokenize") as pool:
+        ahead = self.device.type == "cuda"
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dear-tokenize") if ahead else _AtOnce() as pool:
             pending = None
-            for queries, titles, texts in chunks:
-                future = pool.submit(self.encoder.encode, queries, titles, texts)
+            for chunk in itertools.chain(chunks, [None]):
+                taken = None if chunk is None else (chunk[0], pool.submit(self.encoder.encode, *chunk[1:]))
                 if pending is not None:
-                    encoded = pending.result()
-                    yield encoded, self.score_encoded(encoded)
-                pending = future
-            if pending is not None:
-                encoded = pending.result()
-                yield encoded, self.score_encoded(encoded)
+                    encoded = pending[1].result()
+                    yield pending[0], encoded, self.score_encoded(encoded)
+                pending = taken
 
     def score_encoded(self, encoded: Encoded) -> np.ndarray:
         """Scores of pairs already in the layout (``PairEncoder.encode``), in input order.
@@ -314,7 +328,7 @@ class Scorer:
         *,
         query_lengths: Sequence[int] | None = None,
     ) -> np.ndarray:
-        """Scores of id sequences pooled at ``pool`` (see ``layout.pool_index``), in input order.
+        """Scores of id sequences pooled at ``pool`` (see ``tokenization.pool_index``), in input order.
 
         Pairs whose computed positions are identical (the same ids up to the pooled index:
         repeated pairs, or every candidate of a query pooled inside the query) are computed

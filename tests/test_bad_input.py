@@ -302,14 +302,14 @@ def test_output_records_the_model_and_its_fingerprint(bad_run, tiny_models):
 
 
 def test_texts_are_cut_to_the_char_cap_before_python(spark):
-    from dear_udf.spark.stages import DROP_REASON, pairs_to_score
+    from dear_udf.spark.stages import DROP_REASON, kept_pairs
 
     status = spark.createDataFrame(
         [("q", "d", "x" * 5000, "t" * 3000, MEGABYTE, 1, 1.0, None)],
         f"query_id string, doc_id string, query string, title string, text string, "
         f"first_stage_rank int, first_stage_score double, {DROP_REASON} string",
     )
-    row = pairs_to_score(status, partitions=1, char_cap=2048).collect()[0]
+    row = kept_pairs(status, char_cap=2048).collect()[0]
     assert (len(row[S.QUERY]), len(row[S.TITLE]), len(row[S.TEXT])) == (2048, 2048, 2048)
     assert row[S.TEXT] == MEGABYTE[:2048]
 
@@ -335,7 +335,7 @@ def test_integer_ids_everywhere_are_strings(spark, tiny_models, tmp_path):
 
 def test_conflicting_duplicate_ids_are_refused_by_name(spark, tiny_models, tmp_path):
     from dear_udf.spark.job import run_job
-    from dear_udf.spark.profile import collect_row, duplicate_ids, refuse_conflicts
+    from dear_udf.spark.counts import collect_row, duplicate_ids, refuse_conflicts
 
     data = write_inputs(tmp_path / "inputs", queries=3, docs=10, per_query=3)
     corpus = data["corpus"].to_pylist()
@@ -411,7 +411,8 @@ def test_executor_refuses_model_files_the_driver_did_not_fingerprint(spark, tiny
         [("q", "d", "a query", "", "a text", 1, 1.0)],
         "query_id string, doc_id string, query string, title string, text string, first_stage_rank int, first_stage_score double",
     )
-    settings = ScoringSettings(spec=ModelSpec(model=str(tiny_models["index227"])), layout=Layout(), expected_fingerprint="0" * 64)
+    settings = ScoringSettings(spec=ModelSpec(model=str(tiny_models["index227"])), layout=Layout(), batch_size=16, max_tokens=None,
+                               expected_fingerprint="0" * 64)
     with pytest.raises(Exception, match=r"fingerprint .* the driver saw 0000000000000000"):
         score_pairs(pairs, settings).collect()
 
@@ -455,7 +456,7 @@ def test_a_worker_refusal_reaches_the_driver_in_one_line(spark, tiny_models):
         [("q", "d", "a query", "", "a text", 1, 1.0)],
         "query_id string, doc_id string, query string, title string, text string, first_stage_rank int, first_stage_score double",
     )
-    settings = ScoringSettings(spec=ModelSpec(model=str(tiny_models["index227"]), device="cuda:99"), layout=Layout())
+    settings = ScoringSettings(spec=ModelSpec(model=str(tiny_models["index227"]), device="cuda:99"), layout=Layout(), batch_size=16, max_tokens=None)
     with pytest.raises(ModelLoadError, match=r"^device 'cuda:99': ") as info:
         with worker_errors():
             score_pairs(pairs, settings).count()

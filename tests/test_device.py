@@ -6,7 +6,7 @@ import pytest
 
 from dear_udf.exceptions import ModelLoadError
 from dear_udf.model import ModelSpec
-from dear_udf.spark.model_cache import visible_index
+from dear_udf.spark.worker_model import visible_index
 
 
 @pytest.mark.parametrize(

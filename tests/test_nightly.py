@@ -171,7 +171,7 @@ def filled(spark, tiny_models, small, tmp_path_factory):
     ids=["adapter", "dtype", "pooling", "special-tokens"],
 )
 def test_a_scorer_change_gets_no_hits(tiny_models, filled, tmp_path, change):
-    from dear_udf.cache.table import read_entries
+    from .cachedata import read_entries
 
     if "adapter" in change:  # another adapter over the same base
         from dear_udf.testing import build_lora_adapter
@@ -309,7 +309,7 @@ def test_a_cache_path_holding_another_table_is_refused(spark, tiny_models, small
 
 
 def test_without_cache_a_scratch_cache_is_used_then_removed(spark, tiny_models, small, tmp_path):
-    from dear_udf.spark.chunks import scratch_cache_path
+    from dear_udf.spark.score_step import scratch_cache_path
 
     out = tmp_path / "reranked"
     summary = _run(spark, small["paths"], tiny_models["index227"], out, chunk_pairs=7, run_id="night 1")
@@ -324,8 +324,8 @@ def test_without_cache_a_scratch_cache_is_used_then_removed(spark, tiny_models, 
 
 
 def test_two_runs_sharing_a_cache_both_finish_and_lose_nothing(spark, tiny_models, night1, tmp_path):
-    from dear_udf.cache.table import read_entries
-    from dear_udf.spark.cache import read_cache
+    from .cachedata import read_entries
+    from dear_udf.spark.score_cache import read_cache
 
     cache, model = tmp_path / "cache", tiny_models["index227"]
     pairs = night1["candidates"].num_rows
@@ -353,7 +353,7 @@ def test_two_runs_sharing_a_cache_both_finish_and_lose_nothing(spark, tiny_model
     assert len(_appends(cache)) == len(first.chunks) + len(second.chunks)
     # Every pair is there, and a lookup sees each pair key once.
     assert len(set(entries.column("pair_key").to_pylist())) == pairs
-    cached = read_cache(spark, str(cache), scorer_key=first.scorer_key)
+    cached = read_cache(spark, str(cache), scorer_key=first.scorer_key, spark_delta=False)
     assert cached.count() == cached.select("pair_key").distinct().count() == pairs
     _assert_same_output(_output(tmp_path / "first", "night-1"), _output(tmp_path / "second", "night-1"))
 
@@ -409,7 +409,7 @@ def test_tasks_that_score_in_another_environment_file_their_scores_under_their_o
     fallback, other libraries, TF32 forced by the environment) tags its scores with its
     own scorer key. Here the driver alone sees NVIDIA_TF32_OVERRIDE (set after its Spark
     session, and so its Python workers, started): it expects another key than they use."""
-    from dear_udf.cache.table import read_entries
+    from .cachedata import read_entries
 
     model, cache = tiny_models["index227"], tmp_path / "cache"
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")

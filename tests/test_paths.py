@@ -18,7 +18,7 @@ import pytest
 from dear_udf.config import build_job_config, default_summary_path
 from dear_udf.exceptions import OutputError
 from dear_udf.paths import location
-from dear_udf.spark.chunks import cache_target, scratch_cache_path
+from dear_udf.spark.score_step import cache_location, scratch_cache_path
 from dear_udf.spark.preflight import check_file_target
 
 # written as -> (local OS path, or None for a remote location; its parent folder as written)
@@ -62,11 +62,9 @@ def test_the_scratch_cache_summary_and_given_cache_stay_where_the_output_is(writ
         assert summary == f"{written}.2026-11-24.summary.json"
     config = build_job_config({"queries": "q", "corpus": "c", "candidates": "r", "model": "m", "output": written,
                                "run_id": "2026-11-24"})
-    fields = {"format": 2}
-    target = cache_target(config, fields, spark_delta=True)
-    assert target.scratch and target.uri == (location(scratch).local or scratch)
-    given = cache_target(build_job_config({**_values(written), "cache": written + "-cache"}), fields, spark_delta=True)
-    assert not given.scratch and given.uri == (f"{local}-cache" if local is not None else f"{written}-cache")
+    assert cache_location(config) == (location(scratch).local or scratch, True)
+    given = cache_location(build_job_config({**_values(written), "cache": written + "-cache"}))
+    assert given == (f"{local}-cache" if local is not None else f"{written}-cache", False)
 
 
 def _values(output):

@@ -1,16 +1,18 @@
 """Keys of the score cache: what determines a score, hashed.
 
 A cached score is reused only when the scorer would read the same texts with the same
-model, dtype and layout. Two keys say so:
+model, dtype, layout and environment. Two keys say so:
 
-- the **scorer key** (``scorer_key``): SHA-256 over the model's file fingerprint (which
-  covers the adapter's files too, ``model.inspect_model``), the dtype, every field of the
-  ``Layout`` dataclass (read generically, so a field added later is keyed without anyone
-  remembering to), and ``FORMAT_VERSION``;
+- the **scorer key** (``scorer_key`` of ``scorer_fields``): SHA-256 over the model's file
+  fingerprint (which covers the adapter's files too, ``model.inspect_model``), the dtype,
+  ``attn_implementation``, every field of the ``Layout`` dataclass (read generically, so a
+  field added later is keyed without anyone remembering to), ``FORMAT_VERSION``, and the
+  ``environment`` of the process that scores: library versions, device type and float32
+  matmul precision. Each scoring task computes it for itself (``spark.udf``);
 - the **pair key** (``pair_key``): SHA-256 over the query hash and the document hash, each
   computed once per query and once per document (``query_hash``, ``doc_hash``) from the
   texts *after* the character cap the job applies before scoring
-  (``spark.stages.pairs_to_score``). Beyond the cap the scorer reads nothing, so texts
+  (``spark.stages.kept_pairs``). Beyond the cap the scorer reads nothing, so texts
   differing only there share a key; any change the scorer could read changes it.
 
 Each text is serialized without ambiguity before hashing: ``N`` for null, else ``S`` +
@@ -18,13 +20,14 @@ its UTF-8 byte length + ``:`` + its UTF-8 bytes, so null and ``""`` differ, and 
 (title, text) split can collide with another. The scorer reads a null title as ``""``, so
 keeping them apart may cost a miss, never a stale hit.
 
-The same hashes exist as Spark SQL expressions (``dear_udf.spark.cache``); this module is
+The same hashes exist as Spark SQL expressions (``dear_udf.spark.score_cache``); this module is
 their plain-Python twin, which tests use as an independent check. Keys are lowercase hex:
 query and document hashes 64 characters, scorer and pair keys the first 32 (128 bits:
 collisions among 10^10 entries have odds below 10^-18).
 
-Chunks (``chunk_of``): a pair's chunk is its pair key's first 15 hex digits modulo the
-number of chunks, a pure function of the key. The job recomputes the number of chunks
+Chunks (``chunk_of``): a chunk is a key's first 15 hex digits modulo the number of chunks,
+a pure function of the key; the job forms chunks from the query hash
+(``spark.score_step``), so all of a query's misses fall in one chunk. The job recomputes the number of chunks
 from its own misses (``chunk_count``), so a resumed run splits what is left into full
 chunks; pairs whose chunk was committed before the crash are hits on the rerun and never
 reach a chunk. The set of pairs a rerun scores is therefore exactly the set no earlier

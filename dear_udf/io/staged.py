@@ -1,7 +1,7 @@
 """Files that appear whole or not at all: written beside their target, renamed into place.
 
 The job creates these before it commits its table and renames them after, so that once
-the table is committed nothing is left that can fail but a rename (``spark/job.py``).
+the table is committed nothing is left that can fail but a rename (``spark/steps.py``, ``write_last``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The reranking job: read -> join -> score -> top-k -> write -> summary.
 
+The steps are ``steps.py``'s functions and ``score_step.score``; each returns its part of
+the summary, and the summary is made from the parts once the table is committed.
+
 Run it as ``dear-rerank run ...``, as ``spark-submit jobs/rerank.py ...`` with the same
 flags, or from a Databricks wheel task (entry point ``dear-rerank``, parameters
 ``["run", ...]``). Flags override the optional ``--config`` YAML file.
@@ -35,23 +38,23 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
         RunRefusedError: before writing, when the run is empty, drops too much, or has
             non-finite scores (``guards.py``).
     """
-    from . import steps
+    from . import score_step, steps
     from .progress import StageProgress
 
     run = steps.start(config, spark)
     reporter = StageProgress(run.spark).start()
     try:
-        inputs = steps.read_inputs(run)
-        status = steps.join(run, inputs)
-        scored = steps.score(run, status)
-        top = steps.top_k(run, inputs, scored)
-        if config.qrels is not None:
-            steps.evaluate(run, status, top)
-        steps.write_last(run, top)
+        inputs, read = steps.read_inputs(run)
+        status, joined = steps.join(run, inputs, read)
+        scored, score = score_step.score(run, status, joined)
+        top, output = steps.top_k(run, inputs, scored, read=read, join=joined, score=score)
+        metrics = steps.evaluate(run, status, top) if config.qrels is not None else None
+        summary = steps.write_last(run, top, parts={
+            "read_counts": read, "join_counts": joined, "score_counts": score, "output_counts": output, "metrics": metrics,
+        })
     finally:
         reporter.stop()
         run.release()
-    summary = run.summary
     print(summary.render())
     if config.mlflow is not None:
         tracking.log_run(config.mlflow, summary=summary, params=tracking.run_params(run.config, summary),

@@ -166,7 +166,7 @@ def check_output(output: str, *, fmt: str, run_id: str, spark: Any = None) -> No
             "into it: Parquet readers would read this run's files as more rows. Use format 'parquet' or another output."
         )
     if folder.local and kind == "delta":
-        from ..io.delta_commit import check_table
+        from ..io.delta_writer import check_table
 
         check_table(folder.where.local)
     if folder.local and kind == "parquet" and sample:

@@ -194,10 +194,8 @@ def _unreadable_file(exc: Exception) -> str | None:
     return None
 
 
-def _read_delta(spark: Any, path: str) -> Any:
-    from .session import has_spark_delta
-
-    if has_spark_delta(spark):
+def _read_delta(spark: Any, path: str, spark_delta: bool) -> Any:
+    if spark_delta:
         return spark.read.format("delta").load(path)
     from deltalake import DeltaTable
 
@@ -231,7 +229,7 @@ def check_input(spec: InputSpec, kind: Kind) -> str:
     return fmt
 
 
-def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
+def _read_raw(spark: Any, spec: InputSpec, kind: Kind, spark_delta: bool) -> Any:
     fmt = check_input(spec, kind)
     if fmt == "table":
         try:
@@ -247,7 +245,7 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
     if fmt == "parquet":
         return _read_parquet(spark, path)
     if fmt == "delta":
-        return _read_delta(spark, path)
+        return _read_delta(spark, path, spark_delta)
     if fmt == "jsonl":
         return _read_jsonl(spark, path, kind, spec.columns)
     if fmt in text.TEXT_FORMATS:
@@ -286,7 +284,7 @@ def _canonical(df: Any, spec: InputSpec, kind: Kind) -> Any:
     return out
 
 
-def read_input(spark: Any, spec: InputSpec, kind: Kind) -> Any:
+def read_input(spark: Any, spec: InputSpec, kind: Kind, *, spark_delta: bool | None = None) -> Any:
     """Read one input as a DataFrame with the canonical columns of ``kind``.
 
     Raises:
@@ -296,8 +294,12 @@ def read_input(spark: Any, spec: InputSpec, kind: Kind) -> Any:
     Example:
         >>> corpus = read_input(spark, InputSpec("collection.tsv"), "corpus")
     """
+    if spark_delta is None:
+        from .session import has_spark_delta
+
+        spark_delta = has_spark_delta(spark)
     try:
-        df = _read_raw(spark, spec, kind)
+        df = _read_raw(spark, spec, kind, spark_delta)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - Spark's AnalysisException and friends

@@ -24,7 +24,6 @@ DROP_REASON = "drop_reason"
 # Decided after the depth cut, on the texts: these candidates are still in the first-stage
 # run to depth, the run the reranked one is compared with.
 TEXT_DROP_REASONS = ("query_id_not_in_queries", "empty_query_text", "doc_id_not_in_corpus", "empty_document")
-DROP_REASONS = ("null_id", "duplicate_candidate", "beyond_depth", *TEXT_DROP_REASONS)
 _POSITION = "_first_stage_position"
 _INT_MAX = 2**31 - 1
 
@@ -135,7 +134,7 @@ def within_depth(status: Any) -> Any:
 def kept_pairs(status: Any, *, char_cap: int | None = None) -> Any:
     """The kept pairs, their texts cut at ``char_cap``: texts longer than the layout could
     ever use (megabyte documents) are cut before they cross into Python. The score cache's
-    keys hash the texts after the same cut (``spark.cache``)."""
+    keys hash the texts after the same cut (``spark.score_cache``)."""
     from pyspark.sql import functions as F
 
     pairs = status.filter(F.col(DROP_REASON).isNull()).drop(DROP_REASON)
@@ -144,20 +143,6 @@ def kept_pairs(status: Any, *, char_cap: int | None = None) -> Any:
         pairs = pairs.withColumn(S.TITLE, F.substring(F.col(S.TITLE), 1, char_cap))
         pairs = pairs.withColumn(S.QUERY, F.substring(F.col(S.QUERY), 1, char_cap))
     return pairs
-
-
-def for_scoring(pairs: Any, *, partitions: int) -> Any:
-    """Pairs partitioned by query and sorted by (query, doc) inside each partition.
-
-    The sort makes every partition, and so every Arrow batch and micro-batch, the same
-    on a retry as on the first attempt.
-    """
-    return pairs.repartition(partitions, S.QUERY_ID).sortWithinPartitions(S.QUERY_ID, S.DOC_ID)
-
-
-def pairs_to_score(status: Any, *, partitions: int, char_cap: int | None = None) -> Any:
-    """``kept_pairs`` laid out ``for_scoring``."""
-    return for_scoring(kept_pairs(status, char_cap=char_cap), partitions=partitions)
 
 
 def top_k(scored: Any, *, k: int, run_id: str, model: str) -> Any:

@@ -2,7 +2,7 @@
 
 The closure Spark pickles holds only plain settings (``ScoringSettings``); torch,
 transformers and the model are imported and loaded inside the Python worker, once per
-worker (see ``model_cache``).
+worker (see ``worker_model``).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class ScoringSettings:
 
     spec: ModelSpec
     layout: Layout
-    batch_size: int = 128
-    max_tokens: int | None = None
+    batch_size: int  # the job's (JobConfig: the one place its default is written)
+    max_tokens: int | None
     expected_fingerprint: str | None = None  # the files the driver saw; a worker reloads until it holds them
     model_fields: dict | None = None
 
@@ -92,7 +92,7 @@ def whole_queries(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]
         yield carry
 
 
-def make_scoring_function(settings: ScoringSettings, counters: Any = None, keep: tuple[str, ...] = (), scorers: Any = None):
+def make_scoring_function(settings: ScoringSettings, counters: Any = None, pass_through: tuple[str, ...] = (), scorers: Any = None):
     """Return the ``mapInArrow`` function for ``settings``.
 
     Args:
@@ -100,7 +100,7 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None, keep:
         counters: optional Spark accumulator built with ``CounterParam``; receives
             ``model_loads``, ``tasks_without_gpu``, ``oom_splits``, ``real_tokens`` and
             ``computed_tokens`` from every task attempt.
-        keep: string columns of the pairs passed through after the scores (``pair_key``).
+        pass_through: string columns of the pairs passed through after the scores (``pair_key``).
         scorers: optional Spark accumulator built with ``ScorersParam``; receives the
             scorer key each task scored under and what it hashes.
     """
@@ -115,7 +115,7 @@ def make_scoring_function(settings: ScoringSettings, counters: Any = None, keep:
         before = scorer.stats.as_dict()
         hooks.at("scoring-start", scorer=scorer)
         try:
-            for out in _scored_batches(scorer, batches, keep, scorer_key=key):
+            for out in _scored_batches(scorer, batches, pass_through, scorer_key=key):
                 yield out
                 hooks.at("batch-scored", batch=out)
             hooks.at("partition-scored")
@@ -138,14 +138,14 @@ def _task_scorer(settings: ScoringSettings) -> tuple[Any, bool, bool]:
     """This worker's scorer on the task's device: (scorer, loaded by this call, GPU assigned)."""
     from pyspark import TaskContext
 
-    from . import model_cache
+    from . import worker_model
 
-    device, has_gpu = model_cache.task_device(settings.spec.device)
+    device, has_gpu = worker_model.task_device(settings.spec.device)
     if device == "cpu":
         import torch
 
         torch.set_num_threads(max(1, TaskContext.get().cpus()))
-    scorer, loaded_now = model_cache.get_scorer(
+    scorer, loaded_now = worker_model.get_scorer(
         settings.cache_key + (device,),
         settings.spec,
         device,
@@ -171,48 +171,45 @@ def _task_scorer_key(settings: ScoringSettings, scorer: Any) -> tuple[str | None
     return scorer_key(fields), json.dumps(fields, sort_keys=True)
 
 
-def _output_schema(keep: tuple[str, ...]) -> pa.Schema:
+def _output_schema(pass_through: tuple[str, ...]) -> pa.Schema:
     schema = S.SCORED_PAIRS_SCHEMA
-    for name in keep:
+    for name in pass_through:
         schema = schema.append(pa.field(name, pa.string()))
     return schema
 
 
 def _scored_batches(
-    scorer: Any, batches: Iterator[pa.RecordBatch], keep: tuple[str, ...] = (), *, scorer_key: str | None = None
+    scorer: Any, batches: Iterator[pa.RecordBatch], pass_through: tuple[str, ...] = (), *, scorer_key: str | None = None
 ) -> Iterator[pa.RecordBatch]:
-    """Score whole queries per call; each input batch comes back with its scores."""
-    kept: list[pa.RecordBatch] = []
-    schema = _output_schema(keep)
-
-    def chunks():
-        for batch in whole_queries(batches):
-            kept.append(batch)
-            yield batch.column(S.QUERY).to_pylist(), batch.column(S.TITLE).to_pylist(), batch.column(S.TEXT).to_pylist()
-
-    for pairs, scores in scorer.score_stream(chunks()):
-        batch = kept.pop(0)
+    """Score whole queries per call; each input batch comes back with its scores (the
+    scorer hands each batch back with its own scores: ``Scorer.score_stream``'s tag)."""
+    schema = _output_schema(pass_through)
+    chunks = (
+        (batch, batch.column(S.QUERY).to_pylist(), batch.column(S.TITLE).to_pylist(), batch.column(S.TEXT).to_pylist())
+        for batch in whole_queries(batches)
+    )
+    for batch, pairs, scores in scorer.score_stream(chunks):
         arrays = [batch.column(name) for name in CARRY] + [
             pa.array(scores, type=pa.float32()),
             pa.array(pairs.pooled_early, type=pa.bool_()),
             pa.array(pairs.pooled_in_query, type=pa.bool_()),
             pa.array(pairs.computed_keys, type=pa.string()),
             pa.array([scorer_key] * len(scores), type=pa.string()),
-        ] + [batch.column(name) for name in keep]
+        ] + [batch.column(name) for name in pass_through]
         yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def score_pairs(pairs: Any, settings: ScoringSettings, counters: Any = None, *, keep: tuple[str, ...] = (), scorers: Any = None) -> Any:
+def score_pairs(pairs: Any, settings: ScoringSettings, counters: Any = None, *, pass_through: tuple[str, ...] = (), scorers: Any = None) -> Any:
     """Score a DataFrame of pairs (query_id, doc_id, query, title, text, first-stage columns).
 
     Returns a DataFrame of ``schema.SCORED_PAIRS_SCHEMA``: the carried columns, ``score``,
     where each pair was pooled (``pooled_early``, ``pooled_in_query``), what its forward
     pass computed (``computed_key``) and the scorer key it was scored under (null without
-    ``settings.model_fields``); then the ``keep`` columns of ``pairs`` (strings), unchanged.
+    ``settings.model_fields``); then the ``pass_through`` columns of ``pairs`` (strings), unchanged.
     """
     from ..schema import spark_schema
 
-    return pairs.mapInArrow(make_scoring_function(settings, counters, keep, scorers), spark_schema(_output_schema(keep)))
+    return pairs.mapInArrow(make_scoring_function(settings, counters, pass_through, scorers), spark_schema(_output_schema(pass_through)))
 
 
 # The last line of a worker's traceback when it raised one of this package's errors.

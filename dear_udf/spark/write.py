@@ -1,6 +1,8 @@
-"""Writing the top-k table: Parquet, or Delta partitioned by ``run_id``.
+"""Spark's writes: the top-k table (Parquet, or Delta partitioned by ``run_id``), and the
+score cache's appends through Spark's Delta (``append_delta``). Whether Spark's Delta is
+there, the run decides once (``steps.start``).
 
-Both keep one promise: a run replaces its own ``run_id`` partition and nothing else, and
+The output keeps one promise: a run replaces its own ``run_id`` partition and nothing else, and
 a run that fails before its commit leaves the table as it was.
 
 - Parquet: Spark's dynamic partition overwrite; files are staged and moved into
@@ -26,7 +28,6 @@ from ..exceptions import OutputError
 from ..paths import location
 
 
-
 def _parquet(df: Any, output: str) -> dict[str, Any]:
     spark = df.sparkSession
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
@@ -47,8 +48,8 @@ def _spark_delta(df: Any, output: str, run_id: str) -> dict[str, Any]:
 
 
 def _deltalake(df: Any, output: str, run_id: str) -> dict[str, Any]:
-    from ..io.delta_commit import commit_run
     from .. import hooks
+    from ..io.delta_writer import replace_partition
 
     root = location(output).local
     if root is None:
@@ -67,7 +68,7 @@ def _deltalake(df: Any, output: str, run_id: str) -> dict[str, Any]:
     # Tests stop the driver here (files written, nothing committed); a no-op otherwise.
     hooks.at("before-commit", files=files, table=root)
     try:
-        version = commit_run(root, run_id, files)
+        version = replace_partition(root, run_id, files)
     except Exception:
         # Never referenced by the log, so invisible to readers; but a refused run leaves
         # nothing behind in someone else's folder.
@@ -78,18 +79,28 @@ def _deltalake(df: Any, output: str, run_id: str) -> dict[str, Any]:
     return {"writer": "deltalake", "delta_version": version, "files": len(files)}
 
 
-def write_output(df: Any, *, output: str, fmt: str, run_id: str) -> dict[str, Any]:
-    """Write the top-k DataFrame (``schema.OUTPUT_COLUMNS``) for one run.
+def write_output(df: Any, *, output: str, fmt: str, run_id: str, spark_delta: bool) -> dict[str, Any]:
+    """Write the top-k DataFrame (``schema.OUTPUT_COLUMNS``) for one run: Delta through
+    Spark's Delta when ``spark_delta``, else through ``deltalake`` from the driver.
 
     Returns:
         What was done: the writer used and, for deltalake, the new table version.
     """
-    from .session import has_spark_delta
-
     if fmt == "parquet":
         return _parquet(df, location(output).for_spark)
     if fmt != "delta":
         raise OutputError(f"format must be 'delta' or 'parquet', got {fmt!r}.")
-    if has_spark_delta(df.sparkSession):
+    if spark_delta:
         return _spark_delta(df, location(output).for_spark, run_id)
     return _deltalake(df, output, run_id)
+
+
+def append_delta(df: Any, uri: str, *, partition_by: list[str], transaction: tuple[str, int] | None) -> None:
+    """Append ``df`` to the Delta table at ``uri`` through Spark's Delta, as one commit: a
+    blind append (concurrent appends of other runs never conflict with it), new columns
+    added (``mergeSchema``). ``transaction`` (application id, version) is Delta's
+    idempotent-write marker: the write is skipped when that version is recorded already."""
+    writer = df.write.format("delta").mode("append").option("mergeSchema", "true")
+    if transaction is not None:
+        writer = writer.option("txnAppId", transaction[0]).option("txnVersion", transaction[1])
+    writer.partitionBy(*partition_by).save(uri)

@@ -8,8 +8,11 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from dear_udf.cache import CacheError, append_entries, chunk_of, doc_hash, entries_table, pair_key, query_hash, read_entries
-from dear_udf.spark import cache as C
+from dear_udf import schema as S
+
+from dear_udf.cache import CacheError, append_entries, chunk_of, doc_hash, entries_table, pair_key, query_hash
+from dear_udf.spark import score_cache as C
+from tests.cachedata import read_entries
 from tests.test_cache import RAW_DUPLICATES, RAW_PICKS, raw_entries
 
 pytestmark = pytest.mark.spark
@@ -66,7 +69,15 @@ def test_with_pair_key_needs_the_hashes(spark):
 
 
 def _pairs(spark, keys):
-    return spark.createDataFrame([(f"q{i}", f"d{i}", k) for i, k in enumerate(keys)], "query_id string, doc_id string, pair_key string")
+    """Kept pairs as the score step looks them up: ids, first-stage columns, pair key."""
+    return spark.createDataFrame(
+        [(f"q{i}", f"d{i}", i + 1, 1.0, k) for i, k in enumerate(keys)],
+        "query_id string, doc_id string, first_stage_rank int, first_stage_score double, pair_key string",
+    )
+
+
+def _lookup(pairs, uri):
+    return C.lookup(pairs, uri=uri, scorer_key=KEY, spark_delta=False)
 
 
 def test_lookup_splits_hits_and_misses_and_picks_one_duplicate(spark, tmp_path):
@@ -83,14 +94,38 @@ def test_lookup_splits_hits_and_misses_and_picks_one_duplicate(spark, tmp_path):
     # An entry without a computed key (as format 1 wrote them) cannot be tied: a miss.
     append_entries(uri, entries_table(pa.table({"pair_key": ["e"], "score": pa.array([1.0], pa.float32())}), scorer_key=KEY, run_id="r1", scored_at=T0))
     pairs = _pairs(spark, ["a", "b", "c", "d", "a", "e"])
-    found = C.lookup(pairs, uri=uri, scorer_key=KEY)
-    hits = sorted((r.query_id, r.pair_key, r.score, r.pooled_early) for r in found.hits.collect())
+    found = _lookup(pairs, uri)
+    hits = sorted((r.query_id, r.pair_key, r.score, r.pooled_early, r.scorer_key) for r in found.hits.collect())
     # a: earliest entry (7.0 at T0, not 5.0 a day later); b: at T0 the lowest score (2.0).
-    assert hits == [("q0", "a", 7.0, True), ("q1", "b", 2.0, None), ("q4", "a", 7.0, True)]
+    assert hits == [("q0", "a", 7.0, True, KEY), ("q1", "b", 2.0, None, KEY), ("q4", "a", 7.0, True, KEY)]
     assert sorted(r.query_id for r in found.misses.collect()) == ["q2", "q3", "q5"]
     assert found.misses.columns == pairs.columns
-    assert found.hits.columns == [*pairs.columns, "score", "pooled_early", "pooled_in_query", "computed_key"]
-    assert found.cached.count() == 2  # one row per pair key
+    assert found.hits.columns == [*S.SCORED_PAIRS_SCHEMA.names, "pair_key"]  # the scored pairs' columns, as the model's
+    assert C.read_cache(spark, uri, scorer_key=KEY, spark_delta=False).count() == 2  # one row per pair key (e has no computed key)
+    counted = found.counted(lambda df: df.cache())
+    assert (counted.hit_count, counted.miss_count) == (3, 3) and (found.hit_count, found.miss_count) == (None, None)
+
+
+def test_every_reader_picks_the_same_duplicate_whatever_the_order_of_the_commits(spark, tmp_path):
+    def entries(keys, values, at, run_id, **extra):
+        scores = pa.table({"pair_key": keys, "score": pa.array(values, pa.float32()), "computed_key": ["c"] * len(keys), **extra})
+        return entries_table(scores, scorer_key=KEY, run_id=run_id, scored_at=at)
+
+    later = T0 + dt.timedelta(days=1)
+    batches = [
+        entries(["a", "b", "c"], [5.0, 3.0, 1.0], later, "r2"),
+        entries(["a", "b"], [7.0, 4.0], T0, "r1"),
+        entries(["b", "c"], [2.0, 0.5], T0, "r3", pooled_early=[True, None]),
+    ]
+    picks = []
+    for name, order in (("forward", batches), ("backward", batches[::-1])):
+        uri = str(tmp_path / name)
+        for batch in order:
+            append_entries(uri, batch)
+        picks.append(sorted((r.pair_key, r.score, r.pooled_early) for r in C.read_cache(spark, uri, scorer_key=KEY, spark_delta=False).collect()))
+    # a: the earliest entry (7.0 at T0 beats 5.0 a day later); b: at T0, the lowest score
+    # (2.0); c: at T0 the only one (0.5): first committed wins, then the lowest score.
+    assert picks[0] == picks[1] == [("a", 7.0, None), ("b", 2.0, True), ("c", 0.5, None)]
 
 
 def test_a_remote_cache_is_read_by_spark_from_its_file_list_as_the_user_wrote_its_location():
@@ -108,12 +143,12 @@ def test_a_remote_cache_is_read_by_spark_from_its_file_list_as_the_user_wrote_it
 
 def test_a_cache_deltalake_cannot_open_is_refused_in_words_without_spark_delta(spark):
     for uri in ("dbfs:/tables/score-cache", "hdfs://namenode/tables/score-cache"):
-        with pytest.raises(CacheError, match=rf"{uri}: deltalake cannot open a score cache there; .* through Spark's Delta"):
-            C.lookup(_pairs(spark, ["a"]), uri=uri, scorer_key=KEY, spark_delta=False)
+        with pytest.raises(CacheError, match=rf"{uri}: deltalake cannot open a Delta table there; .* through Spark's Delta"):
+            _lookup(_pairs(spark, ["a"]), uri)
 
 
 def test_lookup_on_a_cache_not_yet_made_misses_everything(spark, tmp_path):
-    found = C.lookup(_pairs(spark, ["a", "b"]), uri=str(tmp_path / "new"), scorer_key=KEY)
+    found = _lookup(_pairs(spark, ["a", "b"]), str(tmp_path / "new"))
     assert found.hits.count() == 0 and found.misses.count() == 2
     assert not (tmp_path / "new").exists()  # reading creates nothing
 
@@ -122,22 +157,23 @@ def test_lookup_refuses_a_table_of_another_schema(spark, tmp_path):
     other = tmp_path / "reranked"
     write_deltalake(str(other), pa.table({"query_id": ["q"], "score": [1.0]}))
     with pytest.raises(CacheError, match=rf"{other}: not a score cache"):
-        C.lookup(_pairs(spark, ["a"]), uri=str(other), scorer_key=KEY)
+        _lookup(_pairs(spark, ["a"]), str(other))
 
 
 def test_append_chunk_commits_one_transaction_that_the_next_lookup_hits(spark, tmp_path):
     uri = str(tmp_path / "cache")
-    rows = [(f"q{i}", f"d{i}", pair_key(f"q{i}", None, f"d{i}", char_cap=None), float(i) / 4, i % 2 == 0, False, f"c{i}") for i in range(40)]
-    rows.append(("qn", "dn", "f" * 32, float("nan"), False, False, "cn"))
-    scored = spark.createDataFrame(rows, "query_id string, doc_id string, pair_key string, score float, pooled_early boolean, pooled_in_query boolean, computed_key string")
+    rows = [(f"q{i}", f"d{i}", 1, 1.0, pair_key(f"q{i}", None, f"d{i}", char_cap=None), float(i) / 4, i % 2 == 0, False, f"c{i}") for i in range(40)]
+    rows.append(("qn", "dn", 1, 1.0, "f" * 32, float("nan"), False, False, "cn"))
+    scored = spark.createDataFrame(rows, "query_id string, doc_id string, first_stage_rank int, first_stage_score double, pair_key string, "
+                                         "score float, pooled_early boolean, pooled_in_query boolean, computed_key string")
     chunks = 3
     counts = {}
     for chunk in range(chunks):
         part = scored.where(C.chunk_col(chunks) == chunk)
-        result = C.append_chunk(part, uri=uri, scorer_key=KEY, run_id="2026-11-22", scored_at=T0)
+        result = C.append_chunk(part, uri=uri, scorer_key=KEY, run_id="2026-11-22", scored_at=T0, spark_delta=False)
         assert result["writer"] == "deltalake"
         counts[chunk] = result["rows"]
-        assert result["rows"] == sum(chunk_of(r[2], chunks) == chunk for r in rows[:40])
+        assert result["rows"] == sum(chunk_of(r[4], chunks) == chunk for r in rows[:40])
         assert DeltaTable(uri).version() == result["version"]
     assert DeltaTable(uri).version() == chunks  # creation, then one commit per chunk
     assert sum(counts.values()) == 40  # the NaN score is not cached
@@ -145,12 +181,12 @@ def test_append_chunk_commits_one_transaction_that_the_next_lookup_hits(spark, t
     assert sorted(stored.column("query_id").to_pylist()) == sorted(f"q{i}" for i in range(40))
     assert set(stored.column("run_id").to_pylist()) == {"2026-11-22"}
     assert stored.column("scored_at").to_pylist() == [T0] * 40
-    found = C.lookup(scored.select("query_id", "doc_id", "pair_key"), uri=uri, scorer_key=KEY)
-    assert sorted((r.pair_key, r.score, r.pooled_early) for r in found.hits.collect()) == sorted((r[2], r[3], r[4]) for r in rows[:40])
+    found = _lookup(scored.select("query_id", "doc_id", "first_stage_rank", "first_stage_score", "pair_key"), uri)
+    assert sorted((r.pair_key, r.score, r.pooled_early) for r in found.hits.collect()) == sorted((r[4], r[5], r[6]) for r in rows[:40])
     assert [r.query_id for r in found.misses.collect()] == ["qn"]
 
 
-def test_spark_and_arrow_pick_the_same_duplicate_nulls_first(spark):
+def test_pick_one_puts_nulls_first_in_every_column_whatever_the_order(spark):
     for rows in (RAW_DUPLICATES, RAW_DUPLICATES[::-1]):
         entries = spark.createDataFrame(raw_entries(rows).drop_columns(["scorer_key"]))
         got = sorted((r.pair_key, r.score, r.pooled_early, r.pooled_in_query) for r in C.pick_one(entries).collect())

@@ -1,6 +1,6 @@
-"""Input profiling: the counts the run summary reports about the inputs, in one Spark action.
+"""The counts the run summary reports about the inputs, in one Spark action.
 
-Each measure is a one-row aggregate whose columns carry the input's name (``profile``,
+Each measure is a one-row aggregate whose columns carry the input's name (``input_counts``,
 ``duplicate_ids``); ``collect_row`` collects any number of them together. Every action
 costs a query plan and its stages whatever the data's size (about half a second on a
 small local run), so the read step asks Spark once, not once per count and input.
@@ -22,7 +22,7 @@ def _count(condition: Any) -> Any:
     return F.sum(F.when(condition, 1).otherwise(0))
 
 
-def profile(df: Any, name: str, *, text_columns: Sequence[str] = (), id_column: str | None = None, first_stage: bool = False) -> Any:
+def input_counts(df: Any, name: str, *, text_columns: Sequence[str] = (), id_column: str | None = None, first_stage: bool = False) -> Any:
     """One row of ``<name>_rows``, rows holding U+FFFD (``<name>_invalid_utf8``: invalid
     UTF-8 replaced, or a U+FFFD already in the text), rows without an id
     (``<name>_without_id``), and for candidates rows without a first-stage rank or score

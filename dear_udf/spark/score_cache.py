@@ -4,11 +4,12 @@ The keys are the Spark SQL twins of ``dear_udf.cache.keys`` (same bytes hashed, 
 out; the tests compare them): hash each query and each document once, on the queries and
 corpus DataFrames before the join (``with_query_hash``, ``with_doc_hash``), then combine
 the two per pair (``with_pair_key``). ``char_cap`` must be the cap the job gives
-``stages.pairs_to_score`` (``ModelInfo.char_cap``), so the keys cover exactly the texts
+``stages.kept_pairs`` (``ModelInfo.char_cap``), so the keys cover exactly the texts
 the scorer reads.
 
 Reading (``read_cache``, ``lookup``) and appending (``append_chunk``) go through Spark's
-Delta when the session has it (``session.has_spark_delta``), else through ``deltalake``:
+Delta when the session has it (``spark_delta``, decided once per run), else through
+``deltalake``:
 
 - reading: deltalake lists the scorer key's files (partition pruning in the Delta log),
   local or remote, and Spark reads those Parquet files itself, in parallel; nothing goes
@@ -26,7 +27,9 @@ nulls first).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -168,11 +171,11 @@ def _files(table: Any, where: Location, scorer_key: str) -> list[str]:
     return [where.join(f[len(root):]).text if f.startswith(root) else f for f in found]
 
 
-def read_entries(spark: Any, uri: str, *, scorer_key: str, spark_delta: bool | None = None) -> Any:
+def read_entries(spark: Any, uri: str, *, scorer_key: str, spark_delta: bool) -> Any:
     """Every cache row of one scorer key, duplicates included (all columns but
     ``scorer_key``), read by Spark in parallel; never through the driver's memory.
 
-    With Spark's Delta (``spark_delta``, default: whether the session has it) the table is
+    With Spark's Delta (``spark_delta``) the table is
     read at the version current now. Else ``deltalake`` lists the scorer key's files (its
     partition, from the Delta log) and Spark reads those Parquet files; columns a cache of
     format 1 lacks read as nulls. An absent cache reads as no rows.
@@ -184,12 +187,10 @@ def read_entries(spark: Any, uri: str, *, scorer_key: str, spark_delta: bool | N
     """
     from pyspark.sql import functions as F
 
-    from .session import has_spark_delta
-
     where = location(uri)
     columns = [f.name for f in CACHE_ARROW_SCHEMA if f.name != SCORER_KEY]
     empty = spark.createDataFrame([], _entry_schema(spark))
-    if spark_delta if spark_delta is not None else has_spark_delta(spark):
+    if spark_delta:
         if not _spark_delta_table(spark, where.for_spark):
             return empty
         # Pinned to the version read now, as the file list below is: re-evaluated later,
@@ -227,13 +228,13 @@ def pick_one(entries: Any) -> Any:
     return entries.groupBy(PAIR_KEY).agg(best).select(PAIR_KEY, *[F.col(f"_best.{c}").alias(c) for c in ENTRY_COLUMNS])
 
 
-def read_cache(spark: Any, uri: str, *, scorer_key: str, spark_delta: bool | None = None) -> Any:
+def read_cache(spark: Any, uri: str, *, scorer_key: str, spark_delta: bool) -> Any:
     """The cached scores of one scorer key: one row per ``pair_key`` with ``ENTRY_COLUMNS``.
     Entries without a ``computed_key`` (written before format 2) are left out: they cannot
     be tied with tonight's scores, so they count as misses.
 
     Example:
-        >>> read_cache(spark, "/tables/score-cache", scorer_key=key).count()  # doctest: +SKIP
+        >>> read_cache(spark, "/tables/score-cache", scorer_key=key, spark_delta=False).count()  # doctest: +SKIP
         1200000
     """
     from pyspark.sql import functions as F
@@ -242,42 +243,54 @@ def read_cache(spark: Any, uri: str, *, scorer_key: str, spark_delta: bool | Non
     return pick_one(entries.where(F.col(S.COMPUTED_KEY).isNotNull()))
 
 
-class Lookup(NamedTuple):
-    """``hits``: the pairs found, with ``ENTRY_COLUMNS`` added; ``misses``: the pairs not
-    found, columns unchanged. Both lazy: persist ``pairs`` (and ``cached``) when both are
-    used.
+@dataclass(frozen=True)
+class Lookup:
+    """Pairs split by the cache. ``hits``: the pairs found, as scored pairs
+    (``schema.SCORED_PAIRS_SCHEMA`` and ``pair_key``: the score, pooling flags and
+    ``computed_key`` from the cache, ``scorer_key`` the key looked up); ``misses``: the
+    pairs not found, columns unchanged. The counts are None until ``counted``.
 
     The reader fixes the table version at the call (the file list, or Spark's Delta
     ``versionAsOf``), so a re-evaluated lookup never finds this run's own chunk commits
-    among its hits; persist both so the cache is not read twice (``spark.chunks.lookup``)."""
+    among its hits; ``counted`` persists both so the cache is not read twice.
+    """
 
     hits: Any
     misses: Any
-    cached: Any
+    hit_count: int | None = None
+    miss_count: int | None = None
+
+    def counted(self, persist: Callable[[Any], Any]) -> Lookup:
+        """Both sides persisted (``persist(df)``) and counted, in one Spark action."""
+        from pyspark.sql import functions as F
+
+        from .counts import collect_row
+
+        hits, misses = persist(self.hits), persist(self.misses)
+        counts = collect_row([hits.agg(F.count(F.lit(1)).alias("hits")), misses.agg(F.count(F.lit(1)).alias("misses"))])
+        return Lookup(hits, misses, counts["hits"], counts["misses"])
 
 
-def split_hits(pairs: Any, cached: Any) -> Lookup:
-    """Split ``pairs`` (holding ``pair_key``) by ``cached`` (from ``read_cache``)."""
-    if PAIR_KEY not in pairs.columns:
-        raise CacheError(f"pairs lack the column {PAIR_KEY!r}: add it with with_pair_key.")
-    clash = [c for c in ENTRY_COLUMNS if c in pairs.columns]
-    if clash:
-        raise CacheError(f"pairs already hold {clash}; a lookup adds them from the cache.")
-    hits = pairs.join(cached, PAIR_KEY, "inner").select(*pairs.columns, *ENTRY_COLUMNS)
-    misses = pairs.join(cached.select(PAIR_KEY), PAIR_KEY, "left_anti").select(*pairs.columns)
-    return Lookup(hits, misses, cached)
-
-
-def lookup(pairs: Any, *, uri: str, scorer_key: str, spark_delta: bool | None = None) -> Lookup:
-    """Split ``pairs`` into cache hits (with their cached score) and misses.
+def lookup(pairs: Any, *, uri: str, scorer_key: str, spark_delta: bool) -> Lookup:
+    """Split ``pairs`` (kept pairs with ``pair_key`` and the first-stage columns) into cache
+    hits and misses.
 
     Example:
-        >>> found = lookup(pairs, uri="/tables/score-cache", scorer_key=key)  # doctest: +SKIP
+        >>> found = lookup(pairs, uri="/tables/score-cache", scorer_key=key, spark_delta=False)  # doctest: +SKIP
         >>> found.hits.count(), found.misses.count()
         (900000, 100000)
     """
+    from pyspark.sql import functions as F
+
+    if PAIR_KEY not in pairs.columns:
+        raise CacheError(f"pairs lack the column {PAIR_KEY!r}: add it with with_pair_key.")
+    clash = [c for c in (*ENTRY_COLUMNS, SCORER_KEY) if c in pairs.columns]
+    if clash:
+        raise CacheError(f"pairs already hold {clash}; a lookup adds them from the cache.")
     cached = read_cache(pairs.sparkSession, uri, scorer_key=scorer_key, spark_delta=spark_delta)
-    return split_hits(pairs, cached)
+    hits = pairs.join(cached, PAIR_KEY, "inner").withColumn(SCORER_KEY, F.lit(scorer_key))
+    misses = pairs.join(cached.select(PAIR_KEY), PAIR_KEY, "left_anti").select(*pairs.columns)
+    return Lookup(hits.select(*S.SCORED_PAIRS_SCHEMA.names, PAIR_KEY), misses)
 
 
 # -- appending -----------------------------------------------------------------------------
@@ -301,13 +314,11 @@ def _spark_delta_append(scored: Any, uri: str, *, scorer_key: str, scorers: dict
         .cast(_spark_type(f.name)).alias(f.name)
         for f in CACHE_ARROW_SCHEMA
     ]
+    from .write import append_delta
+
     score = F.col(S.SCORE)
     finite = score.isNotNull() & ~F.isnan(score) & (F.abs(score) != float("inf")) & F.col(PAIR_KEY).isNotNull()
-    writer = scored.select(*columns).where(finite).write.format("delta").mode("append").option("mergeSchema", "true")
-    if transaction is not None:  # Delta skips the write when this marker is recorded already
-        writer = writer.option("txnAppId", transaction[0]).option("txnVersion", transaction[1])
-    # A blind append: concurrent appends of other runs never conflict with it.
-    writer.partitionBy(*PARTITION_BY).save(uri)
+    append_delta(scored.select(*columns).where(finite), uri, partition_by=PARTITION_BY, transaction=transaction)
 
 
 def append_chunk(
@@ -319,9 +330,10 @@ def append_chunk(
     scorers: dict[str, str] | None = None,
     transaction: tuple[str, int] | None = None,
     scored_at: dt.datetime | None = None,
-    spark_delta: bool | None = None,
+    spark_delta: bool,
 ) -> dict[str, Any]:
-    """Commit one chunk's new scores to the cache as ONE Delta transaction.
+    """Commit one chunk's new scores to the cache as ONE Delta transaction: through Spark's
+    Delta (``spark_delta``), else ``deltalake`` from the driver.
 
     ``scored`` holds ``pair_key`` and ``score``, and optionally ``pooled_early``,
     ``pooled_in_query``, ``computed_key``, ``query_id``, ``doc_id`` (null when absent) and
@@ -337,18 +349,16 @@ def append_chunk(
 
     Example:
         >>> append_chunk(score_pairs(misses.where(chunk_col(n) == 3), settings),  # doctest: +SKIP
-        ...              uri="/tables/score-cache", scorer_key=key, run_id="2026-11-22")
+        ...              uri="/tables/score-cache", scorer_key=key, run_id="2026-11-22", spark_delta=False)
         {'writer': 'deltalake', 'rows': 250000, 'skipped_non_finite': 0, 'version': 12}
     """
-    from .session import has_spark_delta
-
     missing = [c for c in (PAIR_KEY, S.SCORE) if c not in scored.columns]
     if missing:
         raise CacheError(f"scores to cache lack {missing}; they have {scored.columns}.")
     S.check_run_id(run_id)
     when = scored_at or dt.datetime.now(dt.timezone.utc)
     scorers = dict(scorers or {})
-    if spark_delta if spark_delta is not None else has_spark_delta(scored.sparkSession):
+    if spark_delta:
         _spark_delta_append(scored, location(uri).for_spark, scorer_key=scorer_key, scorers=scorers, run_id=run_id,
                             when=when, transaction=transaction)
         return {"writer": "spark-delta"}
