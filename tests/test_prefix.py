@@ -17,7 +17,7 @@ import pytest
 from dear_udf.exceptions import ConfigError
 from dear_udf.scorer import PREFIX_MIN_PAIRS, Scorer, plan_batches, shared_prefix_lengths
 from dear_udf.tokenization import POOLING_RULES, SPECIAL_TOKEN_MODES, Layout
-
+from tests.test_scorer import BATTERY, VARIANTS, _assert_same_order, _doc_ending_in_bang, _load, _reference, _words
 
 TOL = 1e-5  # max |difference| in float32, against today's path and against the reference
 
