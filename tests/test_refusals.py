@@ -205,7 +205,7 @@ def test_a_commit_refused_at_write_time_leaves_no_files(spark, tmp_path):
     row = ("q", "d", 1, 1.0, 1, None, "night-9", "m")
     df = spark.createDataFrame([row], S.spark_schema(S.OUTPUT_ARROW_SCHEMA))
     with pytest.raises(OutputError, match="table schema differs"):
-        write_output(df, output=str(tmp_path / "out"), fmt="delta", run_id="night-9")  # no Delta jars: deltalake
+        write_output(df, output=str(tmp_path / "out"), fmt="delta", run_id="night-9", spark_delta=False)  # deltalake
     assert _listing(tmp_path) == before
 
 
