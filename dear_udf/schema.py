@@ -21,7 +21,7 @@ FIRST_STAGE_SCORE = "first_stage_score"
 RUN_ID = "run_id"
 MODEL = "model"
 RELEVANCE = "relevance"
-# Per scored pair: pooled before its last real token / on its query alone (layout.Encoded).
+# Per scored pair: pooled before its last real token / on its query alone (tokenization.Encoded).
 POOLED_EARLY = "pooled_early"
 POOLED_IN_QUERY = "pooled_in_query"
 # Per scored pair: what the forward pass computed (tokenization.computed_key); pairs of a
