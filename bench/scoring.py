@@ -268,7 +268,7 @@ def fidelity(loaded: Any, pairs: Pairs, scores: dict[str, Any], reference_pairs:
     """
     import numpy as np
 
-    from dear_udf.reference import DearReference
+    from dear_udf.testing.reference import DearReference
 
     out: dict[str, Any] = {}
     if "scorer" in scores and "official" in scores:

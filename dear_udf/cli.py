@@ -17,7 +17,7 @@ from .exceptions import DearRerankError
 COMMANDS = {
     "score": ("dear_udf.score_file", "score a Parquet file of (query, document) pairs"),
     "run": ("dear_udf.spark.job", "rerank first-stage candidates with Spark and write the top-k"),
-    "demo": ("dear_udf.demo", "run the whole job locally on a tiny offline model and synthetic data"),
+    "demo": ("dear_udf.demo.command", "run the whole job locally on a tiny offline model and synthetic data"),
     "eval": ("dear_udf.evaluate", "evaluate a run against qrels with ir-measures"),
     "report": ("dear_udf.report", "plot first-stage vs reranked nDCG@10 and the score distribution"),
     "cache": ("dear_udf.cache.cli", "score cache upkeep: stats, vacuum"),

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dear_udf.demo_data import (
+from dear_udf.demo.collection import (
     RUN_TAG,
     make_collection,
     write_collection,

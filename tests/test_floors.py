@@ -3,7 +3,7 @@
 A floor promises users that version works. The suite runs with the versions pinned in
 constraints.txt (torch: the version scripts/setup.sh installs), so each floor must be
 that version: a floor below it is a release nobody has run (``transformers>=4.48`` once
-allowed a release without ``from_pretrained(dtype=...)``, which model.py calls).
+allowed a release without ``from_pretrained(dtype=...)``, which model/load.py calls).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dear_udf.reference import DearReference
+from dear_udf.testing.reference import DearReference
 from dear_udf.exceptions import ModelLoadError
 from dear_udf.model import ModelSpec, load_model
 from dear_udf.scorer import Scorer

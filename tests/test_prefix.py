@@ -4,7 +4,7 @@ The scorer computes the ids every pair of a query begins with (``[bos] q [bos]``
 document template's first tokens) once per call, and lets each pair attend to their key
 and value states (``dear_udf.scorer`` module docstring). The scores are checked against
 two things: the scorer with reuse off (``prefix_min_pairs=None``, today's path) and
-``dear_udf.reference.DearReference`` (DeAR's inference written plainly, each pair padded
+``dear_udf.testing.reference.DearReference`` (DeAR's inference written plainly, each pair padded
 alone to 228), on the battery of ``tests/test_scorer.py`` plus queries with one and with
 many candidates. ``prefix_min_pairs=1`` forces reuse on every query, even one pair alone.
 """

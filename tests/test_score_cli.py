@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dear_udf.reference import DearReference
+from dear_udf.testing.reference import DearReference
 from dear_udf.cli import main
 from dear_udf.model import ModelSpec, load_model
 from dear_udf.testing import BOS, EOS

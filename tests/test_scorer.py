@@ -1,4 +1,4 @@
-"""The scorer against DeAR's own inference, written plainly in ``dear_udf.reference``.
+"""The scorer against DeAR's own inference, written plainly in ``dear_udf.testing.reference``.
 
 The reference follows DeAR's ``pointwise_reranker`` code under transformers 4.45 semantics
 (``prepare_for_model`` with the reserved special tokens, the pair padded alone to 228,
@@ -18,7 +18,7 @@ import pytest
 from dear_udf.exceptions import ConfigError
 from dear_udf.tokenization import POOLING_RULES, SPECIAL_TOKEN_MODES, Layout
 from dear_udf.model import ModelSpec, load_model
-from dear_udf.reference import DearReference
+from dear_udf.testing.reference import DearReference
 from dear_udf.scorer import Scorer, plan_batches
 from dear_udf.testing import BOS, EOS, vocabulary
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from dear_udf.demo_data import make_collection
+from dear_udf.demo.collection import make_collection
 from dear_udf.exceptions import ConfigError
-from dear_udf.train import build_demo_model, padded_batch, train_reranker
+from dear_udf.demo.train import build_demo_model, padded_batch, train_reranker
 
 ir_measures = pytest.importorskip("ir_measures")
 
@@ -60,7 +60,7 @@ def _reranked(collection, model_dir) -> dict[tuple[str, str], float]:
     # Candidates whose document is missing cannot be scored; duplicates are scored once.
     pairs = sorted({(r["query_id"], r["doc_id"]) for r in collection.candidates.to_pylist() if r["doc_id"] in docs})
     # One thread: on the shared 2-core machines two OpenMP threads are many times slower
-    # whenever another process holds a core (see train._default_threads).
+    # whenever another process holds a core (see dear_udf.demo.train._default_threads).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -183,6 +183,6 @@ def test_module_import_stays_light():
     import subprocess
     import sys
 
-    code = "import sys, dear_udf.train, dear_udf.demo_data; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = "import sys, dear_udf.demo.command, dear_udf.demo.train, dear_udf.demo.collection, dear_udf.demo.standin; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

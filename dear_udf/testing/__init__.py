@@ -1,6 +1,9 @@
-"""Code for tests, the demo and benchmarks, kept out of the product's hot path.
+"""Code for tests and benchmarks, kept out of the product.
 
-- ``models``: tiny DeAR-shaped models and tokenizers built offline (the demo uses them too);
+- ``models``: tiny DeAR-shaped models and tokenizers built offline, from the demo's
+  stand-in (``dear_udf.demo.standin``), plus LoRA adapters and broken models;
+- ``reference``: DeAR's own inference written plainly, the oracle the scorer is tested
+  against (``DearReference``);
 - ``baselines``: the padded loops the scorer is compared with (``bench/``);
 - ``faults``: fault injection behind the product's one seam, ``dear_udf.hooks``.
 """

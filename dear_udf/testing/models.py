@@ -1,17 +1,17 @@
-"""Tiny DeAR-shaped models built offline, for tests, the demo and CPU benchmarks.
+"""Tiny DeAR-shaped models built offline, for tests and CPU benchmarks.
 
-No weights are downloaded: a byte-level BPE tokenizer is trained with ``tokenizers`` on
-generated text, with Llama-3's special tokens and pair template, and a small Llama
-sequence classifier with one label is initialised from a seed. Two pooling variants:
+They are the demo's stand-in model (``dear_udf.demo.standin``: the same tokenizer, the same
+weights for the same seed), built in two pooling variants:
 
 - ``"index227"``: ``config.pad_token_id = 0`` as DeAR's training code sets it, so the
-  classifier pools index 227, a pad position;
+  classifier pools index 227, a pad position (the demo's shape);
 - ``"last"``: ``config.pad_token_id = eos``, so it pools the last real token.
 
 ``build_lora_adapter`` saves a PEFT LoRA adapter (``task_type=SEQ_CLS``, non-zero init) over
 such a model, the shape of ``dear-3b-reranker-ce-lora-v1``.
 
-``build_broken_model`` copies such a model broken one way, for the refusals of ``model.py``.
+``build_broken_model`` copies such a model broken one way, for the refusals of
+``dear_udf/model/refusals.py``.
 
 Example:
     >>> paths = build_tiny_dear("/tmp/tiny", pooling="index227")
@@ -21,146 +21,39 @@ Example:
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from ..demo.standin import BOS, DEAR_PAD_ID, EOS, SPECIALS, build_tokenizer, save_tiny_llama, vocabulary
+
+__all__ = ["BOS", "EOS", "SPECIALS", "build_broken_model", "build_lora_adapter", "build_tiny_dear", "build_tokenizer", "vocabulary"]
 
 Pooling = Literal["index227", "last"]
 Broken = Literal["two-labels", "two-rows", "custom-code", "no-head"]
 
-BOS = "<|begin_of_text|>"
-EOS = "<|end_of_text|>"
-SPECIALS = [BOS, EOS, "<|reserved_special_token_0|>", "<|start_header_id|>", "<|end_header_id|>"]
 
-_SYLLABLES = [
-    "ka", "lo", "mi", "ra", "te", "su", "no", "vi", "pe", "da", "gu", "ze", "fo", "hi", "ba",
-    "qu", "xi", "wo", "ly", "cha", "tri", "sto", "plen", "gar", "mon",
-]
-_ENGLISH = (
-    "the of and to in is was for on that with as by at from this which it are be or an "
-    "what when where who how why did does llama camelid thomas edison light bulb invented "
-    "coffee diet lightning strike seoul university machine learning search query document "
-    "passage relevant answer river mountain city history science music health water energy"
-).split()
-_UNICODE = ["café", "naïve", "Zürich", "東京", "Ελληνικά", "русский", "🙂", "ß", "ñandú", "עברית", "१२३"]
+def build_tiny_dear(directory: str | Path, *, pooling: Pooling = "index227", seed: int = 0, **shape: Any) -> Path:
+    """Build and save a tiny DeAR-shaped model directory (safetensors). Returns its path.
 
+    Args:
+        directory: created if missing.
+        pooling: ``"index227"`` (DeAR's ``config.pad_token_id = 0``) or ``"last"``
+            (``config.pad_token_id = eos``).
+        seed: seeds the initial weights.
+        **shape: ``hidden_size``, ``layers``, ``heads``, ``kv_heads``,
+            ``intermediate_size``, ``initializer_range`` of ``demo.standin.save_tiny_llama``.
 
-def vocabulary(size: int = 600, seed: int = 7) -> list[str]:
-    """Deterministic pseudo-words (plus some English) used by the tokenizer and the demo data."""
-    rng = random.Random(seed)
-    words = set(_ENGLISH)
-    while len(words) < size:
-        words.add("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 3))))
-    return sorted(words)
-
-
-def _training_text(seed: int = 11, lines: int = 4000) -> list[str]:
-    rng = random.Random(seed)
-    words = vocabulary() + _UNICODE
-    out = []
-    for _ in range(lines):
-        n = rng.randint(3, 30)
-        sent = " ".join(rng.choice(words) for _ in range(n))
-        if rng.random() < 0.3:
-            sent = sent.capitalize() + rng.choice([".", "?", "!", ",", ";", ":"])
-        if rng.random() < 0.2:
-            sent = f"query: {sent}"
-        elif rng.random() < 0.2:
-            sent = f"document: {sent}"
-        out.append(sent)
-    return out
-
-
-def build_tokenizer(directory: str | Path, *, vocab_size: int = 1200):
-    """Train and save a byte-level BPE tokenizer shaped like Llama-3's (no pad token)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_training_text(), trainer=trainer)
-    # As in Llama-3, the specials come after the learned vocabulary, and id 0 is an
-    # ordinary token ("!"): the id DeAR's training code wrongly took for padding.
-    tok.add_special_tokens(SPECIALS)
-    bos_id = tok.token_to_id(BOS)
-    # Llama-3's template: bos before the single text, and before each text of a pair.
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A",
-        pair=f"{BOS} $A {BOS}:1 $B:1",
-        special_tokens=[(BOS, bos_id)],
-    )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS)
-    fast.model_max_length = 131072
-    fast.save_pretrained(str(directory))
-    return fast
-
-
-def build_tiny_dear(
-    directory: str | Path,
-    *,
-    pooling: Pooling = "index227",
-    seed: int = 0,
-    hidden_size: int = 64,
-    layers: int = 2,
-    heads: int = 4,
-    kv_heads: int = 2,
-    intermediate_size: int = 128,
-    initializer_range: float = 0.08,
-) -> Path:
-    """Build and save a tiny DeAR-shaped model directory (safetensors). Returns its path."""
-    import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
+    Example:
+        >>> build_tiny_dear("/tmp/tiny-last", pooling="last", hidden_size=256, layers=4)
+        PosixPath('/tmp/tiny-last')
+    """
     if pooling not in ("index227", "last"):
         raise ValueError(f"pooling must be 'index227' or 'last', got {pooling!r}.")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(directory)
-    eos_id = tokenizer.eos_token_id
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=512,
-        rope_theta=500000.0,
-        initializer_range=initializer_range,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=eos_id,
-        pad_token_id=0 if pooling == "index227" else eos_id,
-        num_labels=1,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForSequenceClassification(config)
-    model.save_pretrained(str(directory))
-    _readable_by_transformers_4(directory)
-    return directory
-
-
-def _readable_by_transformers_4(directory: Path) -> None:
-    """Let DeAR's own environment (transformers 4.45) load the model as saved here.
-
-    transformers 5 writes ``rope_parameters`` and a ``TokenizersBackend`` tokenizer class;
-    transformers 4 reads ``rope_theta`` (silently falling back to 10000) and knows only
-    ``PreTrainedTokenizerFast``. Both keys are added; transformers 5 reads the same model.
-    """
-    config_path = directory / "config.json"
-    config = json.loads(config_path.read_text())
-    config.setdefault("rope_theta", config.get("rope_parameters", {}).get("rope_theta", 500000.0))
-    config_path.write_text(json.dumps(config, indent=2))
-    tok_path = directory / "tokenizer_config.json"
-    tok_config = json.loads(tok_path.read_text())
-    tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    tok_path.write_text(json.dumps(tok_config, indent=2))
+    pad_token_id = DEAR_PAD_ID if pooling == "index227" else tokenizer.eos_token_id
+    return save_tiny_llama(directory, tokenizer, pad_token_id=pad_token_id, seed=seed, **shape)
 
 
 def build_lora_adapter(

@@ -1,11 +1,11 @@
-"""Train a tiny DeAR reranker on a collection, the way DeAR trains its pointwise models.
+"""Train the demo's stand-in on a collection, the way DeAR trains its pointwise models.
 
 DeAR's pointwise rerankers (``pointwise_reranker/modeling.py``) are Llama sequence
 classifiers with one relevance logit trained with binary cross-entropy. This module does
 the same on the demo's synthetic collection: positives from the qrels, negatives sampled
 from the first-stage candidates (hard negatives) and from the corpus, inputs built by
-``layout.PairEncoder`` and right-padded to the layout's ``padded_length`` with the pad id,
-and the logit read at the position the layout's pooling rule names. So the model learns
+``tokenization.PairEncoder`` and right-padded to the layout's ``padded_length`` with the
+pad id, and the logit read at the position the layout's pooling rule names. So the model learns
 at exactly the position the scorer pools (index 227 for most pairs of a model whose
 ``config.pad_token_id`` is 0, as DeAR's).
 
@@ -13,7 +13,7 @@ It exists so ``dear-rerank demo`` can show a real effect in half a minute on a C
 not a recipe for training production rerankers.
 
 Example:
-    >>> from dear_udf.demo_data import make_collection
+    >>> from dear_udf.demo.collection import make_collection
     >>> path = build_demo_model("/tmp/demo-model", make_collection(), seconds=30.0)
 """
 
@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import schema as S
-from .exceptions import ConfigError
-from .tokenization import Layout, PairEncoder
-from .model import pool_pad_id
+from .. import schema as S
+from ..exceptions import ConfigError
+from ..model import pool_pad_id
+from ..tokenization import Layout, PairEncoder
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def padded_batch(ids: list[list[int]], *, pad_id: int, width: int) -> tuple[Any,
     """The reference input of DeAR's training: ids right-padded to ``width`` with ``pad_id``.
 
     Pads are masked; the logit is read at the position the layout's pooling rule names
-    (``layout.PairEncoder.pool_index``, index ``width - 1``, a pad, for most DeAR pairs),
+    (``tokenization.PairEncoder.pool_index``, index ``width - 1``, a pad, for most DeAR pairs),
     the position the scorer reproduces.
 
     Returns:
@@ -163,8 +163,8 @@ def train_reranker(
 
     Args:
         model_dir: a model directory (safetensors + tokenizer), e.g. from
-            ``dear_udf.testing.build_tiny_dear``.
-        collection: a ``demo_data.Collection`` (queries, corpus, qrels, candidates).
+            ``standin.build_standin``.
+        collection: a ``collection.Collection`` (queries, corpus, qrels, candidates).
         seconds: wall-time budget of the training loop (loading and saving not counted).
         steps: train exactly this many steps instead, ignoring ``seconds`` (reproducible).
         lr: AdamW learning rate (after a short warm-up).
@@ -296,11 +296,12 @@ def build_demo_model(
     steps: int | None = None,
     seed: int = 0,
 ) -> Path:
-    """Build a tiny index-227 DeAR model in ``directory`` and train it on ``collection``.
+    """Build the stand-in (``standin.build_standin``: index-227 pooling, as DeAR's models)
+    in ``directory`` and train it on ``collection``.
 
     Args:
         directory: where the model is built and the trained weights saved.
-        collection: a ``demo_data.Collection``.
+        collection: a ``collection.Collection``.
         seconds: training wall-time budget.
         steps: train exactly this many steps instead of for ``seconds``.
         seed: seeds the initial weights and the training.
@@ -311,7 +312,7 @@ def build_demo_model(
     Example:
         >>> build_demo_model("/tmp/demo-model", make_collection(), seconds=30.0)
     """
-    from .testing import build_tiny_dear
+    from .standin import build_standin
 
-    path = build_tiny_dear(directory, pooling="index227", seed=seed)
+    path = build_standin(directory, seed=seed)
     return train_reranker(path, collection, seconds=seconds, steps=steps, seed=seed)

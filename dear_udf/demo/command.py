@@ -1,10 +1,11 @@
 """``dear-rerank demo``: the whole job on this machine, with nothing downloaded.
 
-It builds a tiny DeAR-shaped model and trains it for a few seconds on a synthetic
-collection (the model is a stand-in, not DeAR), writes that collection in the formats the
-job reads (MS MARCO TSV queries, BEIR JSON Lines corpus, a noisy TREC run, TREC qrels),
-runs the reranking job on local Spark, writes a Delta table through ``deltalake``, and
-prints the run summary, the metrics before and after reranking, and a few top results.
+It builds a tiny DeAR-shaped model (``standin``) and trains it for a few seconds
+(``train``) on a synthetic collection (``collection``); the model is a stand-in, not DeAR.
+It writes that collection in the formats the job reads (MS MARCO TSV queries, BEIR JSON
+Lines corpus, a noisy TREC run, TREC qrels), runs the reranking job on local Spark, writes
+a Delta table through ``deltalake``, and prints the run summary, the metrics before and
+after reranking, and a few top results.
 
 Example:
     dear-rerank demo --workdir /tmp/dear-demo
@@ -41,9 +42,9 @@ def run_demo(
     spark=None,
 ):
     """Build the stand-in model and the collection, run the job, return (summary, collection)."""
-    from .config import build_job_config
-    from .demo_data import make_collection, write_collection
-    from .spark.job import run_job
+    from ..config import build_job_config
+    from ..spark.job import run_job
+    from .collection import make_collection, write_collection
     from .train import build_demo_model
 
     workdir = Path(workdir)
@@ -82,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
     )
     _show_metrics(summary.metrics)
     _show_top(collection, Path(summary.output), args.show)
-    from .config import default_summary_path
+    from ..config import default_summary_path
 
     where = default_summary_path(summary.output, summary.run_id)
     print(f"\ntable: {summary.output} (Delta, partition run_id={summary.run_id}); summary: {where}")
@@ -100,7 +101,7 @@ def _show_metrics(metrics: dict | None) -> None:
 
 
 def _show_top(collection, output: Path, show: int) -> None:
-    from .io.delta_writer import read_table
+    from ..io.delta_writer import read_table
 
     table = read_table(str(output)).to_pylist()
     queries = {r["query_id"]: r["query"] for r in collection.queries.to_pylist()}

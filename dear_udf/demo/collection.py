@@ -1,6 +1,6 @@
-"""A synthetic collection for the demo: queries, corpus, qrels and a noisy first stage.
+"""The demo's synthetic collection: queries, corpus, qrels and a noisy first stage.
 
-The words come from ``dear_udf.testing.vocabulary()``, the text the tiny tokenizer was
+The words come from ``standin.vocabulary()``, the text the stand-in's tokenizer was
 trained on, so almost every word is one token. Each query owns a small topic (three
 pseudo-words); a query is two or three of them. Its relevant documents repeat its terms
 among noise words; its hard negatives share one of its terms (and carry terms of other
@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from . import schema as S
-from .exceptions import ConfigError
-from .testing.models import _ENGLISH, vocabulary
+from .. import schema as S
+from ..exceptions import ConfigError
+from .standin import ENGLISH, vocabulary
 
 Formats = Literal["parquet", "mixed"]
 
@@ -165,7 +165,7 @@ class _Generator:
 
     def __init__(self, seed: int, n_queries: int) -> None:
         self.rng = random.Random(seed)
-        english = set(_ENGLISH)
+        english = set(ENGLISH)
         content = [w for w in vocabulary() if w not in english]
         self.fillers = sorted(english)
         if n_queries * TOPIC_SIZE > len(content) // 2:
