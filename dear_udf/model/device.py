@@ -1,7 +1,7 @@
 """Where and in what precision a model runs: the device to load on, refused early when
 this machine cannot give it, and the torch dtype of a ``DTYPES`` name.
 
-Spark tasks use the GPU Spark assigned them instead (``spark.model_cache.task_device``).
+Spark tasks use the GPU Spark assigned them instead (``spark.worker_model.task_device``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ..exceptions import ModelLoadError
 def resolve_device(device: str | None) -> str:
     """The device to load on: ``device`` when given, else CUDA when this process sees a GPU
     (``CUDA_VISIBLE_DEVICES`` decides which), else CPU. Spark tasks use the GPU Spark
-    assigned instead (``spark.model_cache.task_device``).
+    assigned instead (``spark.worker_model.task_device``).
 
     Example:
         >>> resolve_device("cuda:1")

@@ -25,7 +25,7 @@ class ModelSpec:
             from the adapter's ``adapter_config.json``.
         dtype: weights dtype; the score head always runs in float32.
         device: "cpu", "cuda", "cuda:N", or None (the default) for the GPU this process
-            or Spark task was given, else CPU (``resolve_device``, ``spark.model_cache``).
+            or Spark task was given, else CPU (``resolve_device``, ``spark.worker_model``).
         revision: optional revision pin (branch, tag or commit) for hub ids.
         local_files_only: never reach the hub; also on when ``HF_HUB_OFFLINE=1``.
         allow_pickle: accept ``.bin`` (pickle) weights; off by default.
