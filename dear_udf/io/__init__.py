@@ -1,4 +1,4 @@
-"""Readers and writers: local readers of every input format, TREC runs, Delta commits.
+"""Readers and writers without Spark: inputs and runs read locally, TREC runs, Delta commits.
 
 Nothing here imports pyspark; deltalake is imported inside the functions that need it.
 """
@@ -6,14 +6,7 @@ Nothing here imports pyspark; deltalake is imported inside the functions that ne
 from __future__ import annotations
 
 from .delta_commit import commit_run, committed_version, read_table
-from .formats import (
-    infer_format,
-    read_candidates,
-    read_corpus,
-    read_qrels,
-    read_queries,
-    read_trec_run,
-)
+from .formats import infer_format, read_local
 from .runs import as_run, read_run
 from .trec import write_trec_run
 
@@ -22,12 +15,8 @@ __all__ = [
     "commit_run",
     "committed_version",
     "infer_format",
-    "read_candidates",
-    "read_corpus",
-    "read_qrels",
-    "read_queries",
+    "read_local",
     "read_run",
     "read_table",
-    "read_trec_run",
     "write_trec_run",
 ]

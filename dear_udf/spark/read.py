@@ -1,12 +1,14 @@
 """Inputs as Spark DataFrames with the canonical columns of ``schema``.
 
 Formats: Parquet, Delta (Spark's reader when the session has Delta, else ``deltalake``),
-catalog tables, JSON Lines, MS MARCO TSV (``id<TAB>text``), TREC run files, TREC qrels and
-BEIR folders. The format is inferred from the path (``io.formats.infer_format``) unless given.
+catalog tables, JSON Lines, MS MARCO TSV
+(``id<TAB>text``), TREC run files, TREC qrels and BEIR folders. The format is inferred from
+the path (``io.formats.infer_format``) unless given, and ``io.formats.check_input`` checks
+the input before anything is read.
 
 Text files, JSON Lines included, are decoded as UTF-8 with invalid bytes replaced by U+FFFD
-(Spark's text reader does this; the local readers do the same), and the job counts such
-texts. Their lines end at ``\\n`` only, as in the local readers (``_lines``). Malformed lines
+(Spark's text reader does this; ``io.rules.decode_line`` does the same without Spark), and
+the job counts such texts. Their lines end at ``\\n`` only (``_lines``). Malformed lines
 (a TREC line without six fields, a TSV line without a tab, a JSON line that is not an
 object) stop the run before scoring, naming the file and the line, and so does a Parquet
 file that cannot be read (``_read_parquet``).
@@ -22,25 +24,10 @@ from .. import schema as S
 from ..config import InputSpec
 from ..exceptions import InputError
 from ..io import rules, text
+from ..io.formats import beir_file, check_input
 from ..paths import location
 
 Kind = Literal["queries", "corpus", "candidates", "qrels"]
-
-BEIR_FILES = {kind: os.path.join(*name.split("/")) for kind, name in rules.BEIR_FILES.items()}
-
-
-def _format(spec: InputSpec) -> str:
-    if spec.format:
-        return spec.format
-    from ..io.formats import infer_format
-
-    return infer_format(spec.path)
-
-
-def _check_exists(path: str) -> None:
-    local = location(path).local
-    if local is not None and not os.path.exists(local):
-        raise InputError(f"{path}: no such file or directory.")
 
 
 def _lines(spark: Any, path: str) -> Any:
@@ -208,29 +195,6 @@ def _read_delta(spark: Any, path: str) -> Any:
     return spark.createDataFrame(table.to_pyarrow_table())
 
 
-def check_input(spec: InputSpec, kind: Kind) -> str:
-    """Check, without Spark, that an input's files are there; return its format.
-
-    The job calls this for every input before it reads any (``preflight.py``). Catalog
-    tables and remote URIs are checked when read.
-
-    Raises:
-        InputError: the path does not exist, its format cannot be told, or a BEIR folder
-            lacks the file ``kind`` needs.
-    """
-    fmt = _format(spec)
-    if fmt == "table":
-        return fmt
-    _check_exists(spec.path)
-    if fmt == "beir":
-        if kind == "candidates":
-            raise InputError(f"{spec.path}: a BEIR folder holds no first-stage candidates; give a run file.")
-        inner = location(spec.path).join(BEIR_FILES[kind]).local
-        if inner is not None and not os.path.isfile(inner):
-            raise InputError(f"{spec.path}: this BEIR folder has no {BEIR_FILES[kind]}, needed for {kind}.")
-    return fmt
-
-
 def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
     fmt = check_input(spec, kind)
     if fmt == "table":
@@ -240,7 +204,7 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
             raise InputError(f"{spec.path}: no such table in this Spark session ({exc}).") from exc
     path = location(spec.path).for_spark
     if fmt == "beir":
-        inner = location(path).join(BEIR_FILES[kind]).for_spark
+        inner = beir_file(spec.path, kind).for_spark
         if kind == "qrels":
             return _read_text(spark, inner, kind, "qrels")
         return _read_jsonl(spark, inner, kind, spec.columns)
@@ -250,11 +214,7 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
         return _read_delta(spark, path)
     if fmt == "jsonl":
         return _read_jsonl(spark, path, kind, spec.columns)
-    if fmt in text.TEXT_FORMATS:
-        if spec.columns:
-            raise InputError(f"{path}: columns {dict(spec.columns)} given, but {fmt!r} files have a fixed layout without column names.")
-        return _read_text(spark, path, kind, fmt)
-    raise InputError(f"{path}: format {fmt!r} cannot be read as {kind}.")
+    return _read_text(spark, path, kind, fmt)
 
 
 def _canonical(df: Any, spec: InputSpec, kind: Kind) -> Any:
