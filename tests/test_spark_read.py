@@ -3,7 +3,8 @@
 The parser's rows and reasons are checked without Spark (``tests/test_parsers.py``); here,
 what only the Spark side does: splitting a file into lines (``\\n`` only) and decoding
 them, numbering a bad line across Arrow batches, telling a header in the file's first
-batch, JSON Lines in two passes, BEIR folders, gzip, Parquet footers, and catalog tables.
+batch, JSON Lines in two passes, BEIR folders, gzip, Parquet footers, catalog tables, and
+Delta tables read without Spark's Delta.
 """
 
 from __future__ import annotations
@@ -148,3 +149,39 @@ def test_jsonl_text_over_20_million_characters_is_read(spark, tmp_path):
     path.write_text(json.dumps({"doc_id": "a", "text": "short"}) + "\n" + json.dumps({"doc_id": "big", "text": "x" * size}) + "\n")
     rows = read_input(spark, InputSpec(str(path)), "corpus").selectExpr("doc_id", "length(text) AS n").collect()
     assert {r["doc_id"]: r["n"] for r in rows} == {"a": 5, "big": size}
+
+
+def test_partitioned_delta_table_without_sparks_delta(spark, tmp_path):
+    """Partition values as the Delta log holds them, typed by the Delta schema: ``007`` stays
+    ``007`` (Spark's inference from folder names reads 7), ``é`` stays ``é`` (``deltalake``
+    writes it as ``%C3%A9``), a null stays null; a column added later reads null in older files."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from dear_udf.spark.session import has_spark_delta
+
+    assert not has_spark_delta(spark)  # the test session reads Delta through deltalake's file list
+    path = tmp_path / "candidates"
+    first = {"query_id": ["007", "007", "é%=", None, "a b"], "doc_id": ["d1", "d2", "d3", "d4", "d5"], "rank": pa.array([1, 2, 1, 1, 1], pa.int32())}
+    write_deltalake(str(path), pa.table({**first, "day": pa.array([1, 1, 2, 3, None], pa.int32())}), partition_by=["query_id", "day"])
+    later = pa.table({"query_id": ["10"], "doc_id": ["d6"], "rank": pa.array([1], pa.int32()), "day": pa.array([4], pa.int32()), "score": [0.5]})
+    write_deltalake(str(path), later, partition_by=["query_id", "day"], mode="append", schema_mode="merge")
+    reference = DeltaTable(str(path)).to_pyarrow_table().to_pylist()  # deltalake's own reading
+    expected = sorted(((r["query_id"], r["doc_id"], r["rank"], r["score"]) for r in reference), key=repr)
+    assert ("007", "d1", 1, None) in expected and ("10", "d6", 1, 0.5) in expected
+    assert _read(spark, path, "candidates") == expected
+    days = _read(spark, path, "candidates", columns={"first_stage_rank": "day"})  # the integer partition column
+    assert sorted((r[1], r[2]) for r in days) == [("d1", 1), ("d2", 1), ("d3", 2), ("d4", 3), ("d5", None), ("d6", 4)]
+
+
+def test_delta_table_whose_files_are_not_its_rows_is_refused(spark, tmp_path):
+    """Deletion vectors hide rows of a data file: read as Parquet, deleted rows would return."""
+    from deltalake import write_deltalake
+
+    path = tmp_path / "queries"
+    write_deltalake(str(path), pa.table({"query_id": ["q1"], "query": ["x"]}))
+    protocol = {"minReaderVersion": 3, "minWriterVersion": 7, "readerFeatures": ["deletionVectors"], "writerFeatures": ["deletionVectors"]}
+    (path / "_delta_log" / f"{1:020d}.json").write_text(json.dumps({"protocol": protocol}) + "\n")
+    assert _error(spark, path, "queries") == (
+        f"{path}: this Delta table uses ['deletionVectors'], which only Spark's Delta reads correctly; "
+        "read it in a session with Spark's Delta (Databricks, or --packages io.delta:delta-spark_2.13)."
+    )

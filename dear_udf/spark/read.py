@@ -1,7 +1,7 @@
 """Inputs as Spark DataFrames with the canonical columns of ``schema``.
 
-Formats: Parquet, Delta (Spark's reader when the session has Delta, else ``deltalake``),
-catalog tables, JSON Lines, MS MARCO TSV
+Formats: Parquet, Delta (Spark's reader when the session has Delta, else the files
+``deltalake`` lists, read by Spark), catalog tables, JSON Lines, MS MARCO TSV
 (``id<TAB>text``), TREC run files, TREC qrels and BEIR folders. The format is inferred from
 the path (``io.formats.infer_format``) unless given, and ``io.formats.check_input`` checks
 the input before anything is read.
@@ -186,13 +186,63 @@ def _read_delta(spark: Any, path: str) -> Any:
 
     if has_spark_delta(spark):
         return spark.read.format("delta").load(path)
+    return _read_delta_files(spark, path)
+
+
+# Reader features that change nothing about which rows a table's data files hold: its files
+# read as Parquet are its rows. Others (deletion vectors, column mapping) need Spark's Delta.
+_PLAIN_READER_FEATURES = frozenset({"timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"})
+_FILE = "_dear_file"
+
+
+def _read_delta_files(spark: Any, path: str) -> Any:
+    """A Delta table read without Spark's Delta: ``deltalake`` lists the current data files
+    and Spark reads them, with the Delta schema given (columns added later read as null).
+
+    Partition values come from the Delta log, joined to each file by its name, not from the
+    folder names: Spark would read ``007`` as 7, and a value ``deltalake`` percent-encodes
+    (``é`` as ``%C3%A9``) as other characters.
+    """
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    table = _delta_table(path)
+    schema = pa.schema(table.schema().to_arrow())
+    partitions = table.metadata().partition_columns
+    data = pa.schema([f for f in schema if f.name not in partitions])
+    uris = table.file_uris()
+    if not uris:
+        return spark.createDataFrame([], S.spark_schema(schema))
+    files = spark.read.schema(S.spark_schema(data)).parquet(*uris)
+    if not partitions:
+        return files
+    actions = pa.table(table.get_add_actions(flatten=True))
+    names = [p.rsplit("/", 1)[-1] for p in actions.column("path").to_pylist()]
+    if len(set(names)) < len(names):
+        raise InputError(f"{path}: data files of different partitions share a name; read this table with Spark's Delta.")
+    values = {c: actions.column(f"partition.{c}").cast(schema.field(c).type) for c in partitions}
+    by_file = spark.createDataFrame(pa.table({_FILE: names, **values}))
+    return files.withColumn(_FILE, F.col("_metadata.file_name")).join(F.broadcast(by_file), _FILE).drop(_FILE)
+
+
+def _delta_table(path: str) -> Any:
+    """``deltalake``'s view of the table, refused where its data files are not its rows."""
     from deltalake import DeltaTable
 
-    table = DeltaTable(path)
-    if not table.metadata().partition_columns:
-        # Read the table's current files with Spark: no copy through the driver.
-        return spark.read.parquet(*table.file_uris())
-    return spark.createDataFrame(table.to_pyarrow_table())
+    where = location(path).for_deltalake
+    if where is None:
+        raise InputError(f"{path}: deltalake cannot open this store; read it in a session with Spark's Delta (Databricks, or --packages io.delta:delta-spark_2.13).")
+    table = DeltaTable(where)
+    protocol = table.protocol()
+    needs = sorted(set(protocol.reader_features or ()) - _PLAIN_READER_FEATURES)
+    if protocol.min_reader_version == 2 and table.metadata().configuration.get("delta.columnMapping.mode", "none") != "none":
+        needs.append("columnMapping")
+    if needs:
+        raise InputError(
+            f"{path}: this Delta table uses {needs}, which only Spark's Delta reads correctly; "
+            "read it in a session with Spark's Delta (Databricks, or --packages io.delta:delta-spark_2.13)."
+        )
+    return table
 
 
 def _read_raw(spark: Any, spec: InputSpec, kind: Kind) -> Any:
