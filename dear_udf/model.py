@@ -14,13 +14,13 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .exceptions import ConfigError, ModelLoadError
 from .settings import flag
 
 Dtype = Literal["float32", "bfloat16", "float16"]
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES: tuple[str, ...] = get_args(Dtype)
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class ModelSpec:
 
     model: str | None = field(metadata=flag("--model", help="DeAR model (hub id or directory), or the base of --adapter"))
     adapter: str | None = field(default=None, metadata=flag("--adapter", help="PEFT LoRA adapter (hub id or directory)"))
-    dtype: Dtype = field(default="float32", metadata=flag("--dtype", choices=DTYPES, help="weights dtype (default float32)"))
+    dtype: Dtype = field(default="float32", metadata=flag("--dtype", choices=DTYPES, help="weights dtype"))
     device: str | None = field(
         default=None, metadata=flag("--device", help="cpu, cuda or cuda:N; default: the GPU Spark gave the task, else CPU")
     )

@@ -54,7 +54,7 @@ def _shown(path: str, file_name: str) -> str:
     local = location(path).local
     if local is not None and os.path.isfile(local):
         return path
-    return file_name[len("file:"):] if file_name.startswith("file:/") else file_name
+    return location(file_name).local or file_name  # Spark names a local file by its file: URI
 
 
 _BAD, _BAD_FILE, _BAD_LINE = "_bad_reason", "_bad_file", "_bad_line"

@@ -79,7 +79,7 @@ def start(config: JobConfig, spark: Any = None) -> Run:
     from .. import hooks, tracking
     from ..model import check_device, inspect_model, resolve_device
     from . import preflight
-    from .session import executors_on_this_machine, get_session, has_spark_delta
+    from .session import apply_conf, executors_on_this_machine, get_session, has_spark_delta, scoring_conf
 
     started = time.perf_counter()
     spark = spark or get_session(master=config.master, conf=config.spark_conf, arrow_batch_size=config.arrow_batch_size)
@@ -91,7 +91,7 @@ def start(config: JobConfig, spark: Any = None) -> Run:
     info = inspect_model(config.model, config.layout)
     summary = RunSummary(run_id=config.run_id, model=info.label, output=config.output, format=config.format)
     summary.settings = _settings(config, info)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_size))
+    apply_conf(spark, scoring_conf(config.arrow_batch_size))  # also on a session given, not built here
     injected = hooks.setting() or spark.sparkContext.environment.get(hooks.ENV)
     if injected:  # tests only: a run with injected faults says so
         summary.settings["fault_injection"] = injected

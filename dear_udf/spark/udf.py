@@ -17,8 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema as S
-from ..tokenization import Layout
+from ..config import JobConfig
 from ..model import ModelSpec
+from ..settings import default_of
+from ..tokenization import Layout
 
 # Columns the scoring stage passes through untouched, beside the new score.
 CARRY = (S.QUERY_ID, S.DOC_ID, S.FIRST_STAGE_RANK, S.FIRST_STAGE_SCORE)
@@ -36,7 +38,7 @@ class ScoringSettings:
 
     spec: ModelSpec
     layout: Layout
-    batch_size: int = 128
+    batch_size: int = default_of(JobConfig, "batch_size")
     max_tokens: int | None = None
     expected_fingerprint: str | None = None  # the files the driver saw; a worker reloads until it holds them
     model_fields: dict | None = None
