@@ -6,13 +6,14 @@ nested as ``model:``, ``layout:``, ``queries:``/``corpus:``/``candidates:``/``qr
 The profiles shipped in the package (``dear_udf/conf/*.yaml``) are named without a path:
 ``--config databricks``; any other file is given by its path.
 
-Example ``dear_udf/conf/local.yaml`` (``--config local``)::
+A profile holds only what differs from the defaults written on the fields. Example
+``dear_udf/conf/local.yaml`` (``--config local``)::
 
     master: "local[2]"
-    format: delta
-    top_k: 10
+    model:
+      device: cpu
     spark_conf:
-      spark.sql.shuffle.partitions: "4"
+      spark.driver.memory: "4g"
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import datetime as _dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .exceptions import ConfigError
 from .tokenization import Layout
@@ -32,8 +33,11 @@ from .settings import add_flags, flag, flag_values
 from .tracking import TrackingSpec, tracking_spec
 
 InputFormat = Literal["parquet", "delta", "table", "jsonl", "tsv", "trec", "qrels", "beir"]
-INPUT_FORMATS = ("parquet", "delta", "table", "jsonl", "tsv", "trec", "qrels", "beir")
+INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
 OutputFormat = Literal["delta", "parquet"]
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
+# The JobConfig fields that are Scorer's keywords: the score and serve commands take them too.
+SCORER_SETTINGS = ("batch_size", "max_tokens")
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,12 @@ def default_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
 
 
+def _max_tokens_help() -> str:
+    from .scorer import CPU_TOKEN_BUDGET  # the scorer decides the device's budget
+
+    return f"token budget per micro-batch (default: {CPU_TOKEN_BUDGET} on CPU, none on GPU)"
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """Everything one reranking run needs. See ``dear-rerank run --help``."""
@@ -77,9 +87,9 @@ class JobConfig:
     candidates: InputSpec = field(metadata=flag("--candidates", help="first-stage candidates: TREC run, Parquet, Delta, table, JSONL"))
     output: str = field(metadata=flag("--output", help="output table (folder path)"))
     model: ModelSpec
-    format: OutputFormat = field(default="delta", metadata=flag("--format", choices=["delta", "parquet"], help="output format (default delta)"))
-    top_k: int = field(default=10, metadata=flag("--top-k", type=int, help="rows kept per query (default 10)"))
-    depth: int = field(default=100, metadata=flag("--depth", type=int, help="first-stage candidates reranked per query (default 100)"))
+    format: OutputFormat = field(default="delta", metadata=flag("--format", choices=OUTPUT_FORMATS, help="output format"))
+    top_k: int = field(default=10, metadata=flag("--top-k", type=int, help="rows kept per query"))
+    depth: int = field(default=100, metadata=flag("--depth", type=int, help="first-stage candidates reranked per query"))
     run_id: str = field(
         default_factory=default_run_id,
         metadata=flag(
@@ -91,10 +101,8 @@ class JobConfig:
     summary: str | None = field(default=None, metadata=flag("--summary", help="where to write the run summary JSON (default: <output>.<run_id>.summary.json)"))
     qrels: InputSpec | None = field(default=None, metadata=flag("--qrels", help="optional judgements (TREC qrels, BEIR folder, Parquet) for metrics"))
     trec_out: str | None = field(default=None, metadata=flag("--trec-out", help="also write the top-k as a TREC run file"))
-    batch_size: int = field(default=128, metadata=flag("--batch-size", type=int, help="pairs per micro-batch (default 128)"))
-    max_tokens: int | None = field(
-        default=None, metadata=flag("--max-tokens", type=int, help="token budget per micro-batch (default: 4096 on CPU, none on GPU)")
-    )
+    batch_size: int = field(default=128, metadata=flag("--batch-size", type=int, help="pairs per micro-batch"))
+    max_tokens: int | None = field(default=None, metadata=flag("--max-tokens", type=int, help=_max_tokens_help))
     layout: Layout = field(default_factory=Layout)
     master: str | None = field(default=None, metadata=flag("--master", help="Spark master, e.g. local[2]; default: the session's"))
     arrow_batch_size: int = 10000  # spark.sql.execution.arrow.maxRecordsPerBatch
@@ -102,7 +110,7 @@ class JobConfig:
     spark_conf: Mapping[str, str] = field(default_factory=dict)
     max_drop_share: float = field(
         default=0.5,
-        metadata=flag("--max-drop-share", type=float, help="refuse to write when more than this share of the candidates within depth is dropped (default 0.5)"),
+        metadata=flag("--max-drop-share", type=float, help="refuse to write when more than this share of the candidates within depth is dropped"),
     )
     allow_empty: bool = field(
         default=False,
@@ -113,8 +121,8 @@ class JobConfig:
         default=None,
         metadata=flag("--cache", help="score cache (Delta table folder) shared by nights; default: a scratch cache beside the output, removed once the output is committed"),
     )
-    chunk_pairs: int = field(default=500_000, metadata=flag("--chunk-pairs", type=int, help="pairs to score per chunk; each chunk's scores are committed to the cache (default 500000)"))
-    task_pairs: int = field(default=50_000, metadata=flag("--task-pairs", type=int, help="pairs per scoring task, so a retried task costs little (default 50000)"))
+    chunk_pairs: int = field(default=500_000, metadata=flag("--chunk-pairs", type=int, help="pairs to score per chunk; each chunk's scores are committed to the cache"))
+    task_pairs: int = field(default=50_000, metadata=flag("--task-pairs", type=int, help="pairs per scoring task, so a retried task costs little"))
 
     def __post_init__(self) -> None:
         for name in ("top_k", "depth", "batch_size", "arrow_batch_size", "max_tokens", "scoring_partitions", "chunk_pairs", "task_pairs"):
@@ -123,8 +131,8 @@ class JobConfig:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-        if self.format not in ("delta", "parquet"):
-            raise ConfigError(f"format must be 'delta' or 'parquet', got {self.format!r}.")
+        if self.format not in OUTPUT_FORMATS:
+            raise ConfigError(f"format must be one of {OUTPUT_FORMATS}, got {self.format!r}.")
         check_run_id(self.run_id)
         if not self.output:
             raise ConfigError("output must be a non-empty path, got ''.")

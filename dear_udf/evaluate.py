@@ -167,12 +167,12 @@ def compare(
 
 
 def load_qrels(path: str, *, format: str | None = None) -> pa.Table:
-    """Read qrels from any input format (see ``io.formats.read_qrels``)."""
+    """Read local qrels in any input format (``io.formats.read_local``), without rows lacking an id."""
     from .config import InputSpec
-    from .io.formats import read_qrels
+    from .io.formats import read_local
     from .io.runs import drop_rows_without_ids
 
-    return drop_rows_without_ids(read_qrels(InputSpec(path, format=format)), what=path)
+    return drop_rows_without_ids(read_local(InputSpec(path, format=format), "qrels"), what=path)
 
 
 # -- command line ------------------------------------------------------------------------

@@ -48,8 +48,6 @@ CANDIDATES_SCHEMA = pa.schema(
 )
 QRELS_SCHEMA = pa.schema([(QUERY_ID, pa.string()), (DOC_ID, pa.string()), (RELEVANCE, pa.int32())])
 INPUT_SCHEMAS = {"queries": QUERIES_SCHEMA, "corpus": CORPUS_SCHEMA, "candidates": CANDIDATES_SCHEMA, "qrels": QRELS_SCHEMA}
-# A TREC run file read back (the job's --trec-out, or a run given to ``eval``).
-TREC_RUN_SCHEMA = pa.schema([(QUERY_ID, pa.string()), (DOC_ID, pa.string()), (RANK, pa.int32()), (SCORE, pa.float64())])
 
 # What the Spark scoring stage gives back per pair: the carried columns, the score, where
 # the layout read it (tokenization.Encoded), and under which scorer key it was computed.

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from . import schema as S
-from .tokenization import Layout
-from .model import ModelSpec
-from .settings import add_flags, flag_values
+from .config import SCORER_SETTINGS, JobConfig
 from .exceptions import InputError
+from .model import ModelSpec
+from .paths import location
+from .settings import add_flags, flag_values
+from .tokenization import Layout
 
 CHUNK_ROWS = 4096  # pairs per call of the scorer (a progress step; see main)
 
@@ -26,8 +29,7 @@ CHUNK_ROWS = 4096  # pairs per call of the scorer (a progress step; see main)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", required=True, help="Parquet with query_id, doc_id, query, text[, title]")
     parser.add_argument("--out", required=True, help="Parquet to write: query_id, doc_id, score")
-    parser.add_argument("--batch-size", type=int, default=128, help="pairs per micro-batch")
-    parser.add_argument("--max-tokens", type=int, default=None, help="token budget per micro-batch (default: 4096 on CPU, none on GPU)")
+    add_flags(parser, JobConfig, only=SCORER_SETTINGS)  # the job's own flags; unset, Scorer's defaults are the job's
     add_flags(parser, ModelSpec)
     add_flags(parser, Layout)
 
@@ -36,9 +38,12 @@ def read_pairs(path: str):
     """Read the pairs table and check its columns; returns a pyarrow Table."""
     import pyarrow.parquet as pq
 
-    if not Path(path).exists():
+    where = location(path)
+    if not where.is_local:
+        raise InputError(f"{path}: score reads a local Parquet file; copy the pairs to this machine.")
+    if not os.path.isfile(where.local):
         raise InputError(f"{path}: no such file.")
-    table = pq.read_table(path)
+    table = pq.read_table(where.local)
     missing = [c for c in (S.QUERY_ID, S.DOC_ID, S.QUERY, S.TEXT) if c not in table.column_names]
     if missing:
         raise InputError(f"{path}: missing columns {missing}; has {table.column_names}.")
@@ -69,7 +74,8 @@ def main(args: argparse.Namespace) -> int:
 
     table = read_pairs(args.pairs)
     loaded = load_model(ModelSpec(**{"model": None, **flag_values(args, ModelSpec)}))
-    scorer = Scorer(loaded, layout=Layout(**flag_values(args, Layout)), batch_size=args.batch_size, max_tokens=args.max_tokens)
+    scoring = {name: getattr(args, name) for name in SCORER_SETTINGS if getattr(args, name) is not None}
+    scorer = Scorer(loaded, layout=Layout(**flag_values(args, Layout)), **scoring)
     # Chunks as the Spark job's Arrow batches, whole queries each (see whole_queries): the
     # bar moves, and on a GPU the next chunk is tokenized while the current one is scored.
     order = pc.sort_indices(table, sort_keys=[(S.QUERY_ID, "ascending")])  # stable

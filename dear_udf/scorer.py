@@ -40,7 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from .config import JobConfig
 from .exceptions import ConfigError
+from .settings import default_of
 from .tokenization import Encoded, Layout, PairEncoder, computed_positions
 
 log = logging.getLogger(__name__)
@@ -227,7 +229,7 @@ class Scorer:
     Args:
         loaded: a ``model.LoadedModel``.
         layout: the DeAR layout (defaults are DeAR's).
-        batch_size: pairs per micro-batch (128 by default).
+        batch_size: pairs per micro-batch; by default the job's (``JobConfig.batch_size``).
         max_tokens: cap on padded tokens per micro-batch (batch * length). None (the
             default) means the device's budget: ``CPU_TOKEN_BUDGET`` on CPU, where smaller
             batches stay in cache (bench/RESULTS.md), and no cap on GPU, where batch_size
@@ -247,7 +249,7 @@ class Scorer:
         loaded: Any,
         *,
         layout: Layout | None = None,
-        batch_size: int = 128,
+        batch_size: int = default_of(JobConfig, "batch_size"),
         max_tokens: int | None = None,
         prefix_min_pairs: int | None = PREFIX_MIN_PAIRS,
     ) -> None:

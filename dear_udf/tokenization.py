@@ -31,15 +31,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 from .exceptions import ConfigError
 from .settings import flag
 
 Pooling = Literal["first-pad", "last-non-pad"]
-POOLING_RULES = ("first-pad", "last-non-pad")
+POOLING_RULES: tuple[str, ...] = get_args(Pooling)
 SpecialTokens = Literal["split", "parse"]
-SPECIAL_TOKEN_MODES = ("split", "parse")
+SPECIAL_TOKEN_MODES: tuple[str, ...] = get_args(SpecialTokens)
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Layout:
             "--pooling",
             choices=POOLING_RULES,
             help="pooled position: first-pad = transformers <= 4.47, as DeAR was trained and "
-            "evaluated (default); last-non-pad = transformers >= 4.48",
+            "evaluated; last-non-pad = transformers >= 4.48",
         ),
     )
     special_tokens: SpecialTokens = field(
@@ -79,7 +79,7 @@ class Layout:
         metadata=flag(
             "--special-tokens",
             choices=SPECIAL_TOKEN_MODES,
-            help="special-token strings in texts: split = plain text (default, safe); "
+            help="special-token strings in texts: split = plain text (safe); "
             "parse = special ids, exactly as DeAR's own code",
         ),
     )

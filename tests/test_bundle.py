@@ -79,7 +79,10 @@ def test_nightly_gpu_job_with_retries_and_a_schedule():
     (cluster,) = [c for c in job["job_clusters"] if c["job_cluster_key"] == task["job_cluster_key"]]
     conf = cluster["new_cluster"]["spark_conf"]
     assert conf["spark.task.resource.gpu.amount"] == "1"
-    assert conf["spark.speculation"] == "false"
+    # The session exists before the job runs: the cluster carries what every run needs.
+    from dear_udf.spark.session import REQUIRED_CONF
+
+    assert {k: conf.get(k) for k in REQUIRED_CONF} == REQUIRED_CONF and REQUIRED_CONF["spark.speculation"] == "false"
     assert "-gpu-" in _substitute(cluster["new_cluster"]["spark_version"], top, "prod")
 
 

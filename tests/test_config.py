@@ -115,3 +115,62 @@ def test_bad_settings_are_one_line_errors_naming_the_setting(capsys, tmp_path, y
     import re
 
     assert re.search(message, _cli_error(capsys, tmp_path, yaml_text, *flags))
+
+
+# -- defaults: written on their fields, shown in the help from there ------------------------
+
+
+def _commands():
+    from dear_udf.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    return sub.choices
+
+
+def _setting_fields():
+    import dataclasses
+
+    from dear_udf.config import JobConfig
+    from dear_udf.model import ModelSpec
+    from dear_udf.serve.settings import ServeSettings
+    from dear_udf.tokenization import Layout
+    from dear_udf.tracking import TrackingSpec
+
+    return {f.name: f for cls in (JobConfig, ModelSpec, Layout, TrackingSpec, ServeSettings) for f in dataclasses.fields(cls) if "flag" in f.metadata}
+
+
+def test_a_flags_help_shows_its_fields_default_written_nowhere_else():
+    import dataclasses
+
+    fields = _setting_fields()
+    shown = 0
+    for name in ("run", "score", "serve"):
+        for action in _commands()[name]._actions:
+            field = fields.get(action.dest)
+            if field is None:
+                continue
+            assert action.default is None, action.dest  # not given: the YAML file or the field decides
+            written = field.metadata["flag"][1]["help"]
+            written = written() if callable(written) else written
+            if field.default in (dataclasses.MISSING, None) or isinstance(field.default, bool):
+                assert action.help == written
+                continue
+            assert "default" not in written, f"{action.dest}: the help restates its default"
+            assert action.help == f"{written} (default: {field.default})"
+            shown += 1
+    assert shown >= 20  # run's top_k, depth, batch_size..., serve's host, port...
+
+
+def test_score_and_serve_take_the_jobs_micro_batch_flags_and_defaults():
+    import inspect
+
+    from dear_udf.config import SCORER_SETTINGS, JobConfig
+    from dear_udf.scorer import CPU_TOKEN_BUDGET, Scorer
+
+    flags = {name: {a.dest: (a.option_strings, a.type, a.help) for a in _commands()[name]._actions} for name in ("run", "score", "serve")}
+    for setting in SCORER_SETTINGS:
+        assert flags["run"][setting] == flags["score"][setting] == flags["serve"][setting]
+    assert f"(default: {CPU_TOKEN_BUDGET} on CPU, none on GPU)" in flags["run"]["max_tokens"][2]
+    job = JobConfig.__dataclass_fields__["batch_size"].default
+    assert inspect.signature(Scorer).parameters["batch_size"].default == job

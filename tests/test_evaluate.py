@@ -13,7 +13,7 @@ from dear_udf import cli
 from dear_udf.config import InputSpec
 from dear_udf.evaluate import compare, evaluate
 from dear_udf.exceptions import ConfigError
-from dear_udf.io import read_qrels, read_trec_run, replace_partition
+from dear_udf.io import read_local, read_run, replace_partition
 
 # Three judged queries; q3 is judged but absent from the reranked run, q9 judged but never
 # retrieved by the first stage.
@@ -57,7 +57,7 @@ def _direct(measures, qrels_path, run_path, *, drop_queries=()):
 
 
 def test_evaluate_matches_ir_measures_on_the_same_files(files):
-    result = evaluate(read_trec_run(files["dear.trec"]), read_qrels(InputSpec(files["qrels.txt"])), MEASURES)
+    result = evaluate(read_run(files["dear.trec"]), read_local(InputSpec(files["qrels.txt"]), "qrels"), MEASURES)
     assert result["aggregate"] == pytest.approx(_direct(MEASURES, files["qrels.txt"], files["dear.trec"]))
     assert list(result["aggregate"]) == MEASURES  # in the order asked
     parsed = [ir_measures.parse_measure(m) for m in MEASURES]
@@ -71,7 +71,7 @@ def test_evaluate_matches_ir_measures_on_the_same_files(files):
 
 def test_known_values_by_hand(files):
     # q1: d4 (rel 2) first, d1 (rel 1) second -> RR 1; q2: d7 at rank 2 -> RR 0.5; q3, q9: 0.
-    result = evaluate(read_trec_run(files["dear.trec"]), read_qrels(InputSpec(files["qrels.txt"])), ["RR@10"])
+    result = evaluate(read_run(files["dear.trec"]), read_local(InputSpec(files["qrels.txt"]), "qrels"), ["RR@10"])
     assert result["per_query"]["q1"]["RR@10"] == 1.0
     assert result["per_query"]["q2"]["RR@10"] == 0.5
     assert result["aggregate"]["RR@10"] == pytest.approx((1.0 + 0.5 + 0 + 0) / 4)
@@ -92,9 +92,9 @@ def test_rank_only_run_is_ordered_by_rank(files):
 
 
 def test_compare_first_stage_vs_reranked(files):
-    first = read_trec_run(files["bm25.trec"]).rename_columns(["query_id", "doc_id", "first_stage_rank", "first_stage_score"])
-    reranked = read_trec_run(files["dear.trec"])
-    result = compare(first, reranked, read_qrels(InputSpec(files["qrels.txt"])), k=2)
+    first = read_local(InputSpec(files["bm25.trec"]), "candidates")
+    reranked = read_run(files["dear.trec"])
+    result = compare(first, reranked, read_local(InputSpec(files["qrels.txt"]), "qrels"), k=2)
     assert result["measures"] == ["nDCG@10", "RR@10", "R@2"]
     # q9 was never retrieved by the first stage: left out of both; q3 counts 0 when reranked.
     assert result["queries"] == 3
@@ -109,7 +109,7 @@ def test_compare_first_stage_vs_reranked(files):
 
 def test_compare_with_no_judged_query_gives_none_not_nan(files):
     run = pa.table({"query_id": ["zz"], "doc_id": ["d1"], "score": [1.0]})
-    result = compare(run, run, read_qrels(InputSpec(files["qrels.txt"])), k=10)
+    result = compare(run, run, read_local(InputSpec(files["qrels.txt"]), "qrels"), k=10)
     assert result["queries"] == 0
     assert result["first_stage"] == {"nDCG@10": None, "RR@10": None, "R@10": None}
     json.dumps(result, allow_nan=False)
@@ -149,14 +149,14 @@ def test_eval_cli_reads_one_run_of_a_delta_output_table(files, tmp_path, capsys)
 
     uri = tmp_path / "out"
     for run_id, text in (("good", RERANKED), ("bad", RERANKED.replace("0.9", "0.1"))):
-        t = read_trec_run(_write_text(tmp_path / f"{run_id}.trec", text))
+        t = read_local(InputSpec(_write_text(tmp_path / f"{run_id}.trec", text)), "candidates")
         n = t.num_rows
         data = pa.table(
             {
                 "query_id": t["query_id"],
                 "doc_id": t["doc_id"],
-                "rank": t["rank"],
-                "score": t["score"].cast(pa.float32()),
+                "rank": t["first_stage_rank"],
+                "score": t["first_stage_score"].cast(pa.float32()),
                 "first_stage_rank": pa.nulls(n, pa.int32()),
                 "first_stage_score": pa.nulls(n, pa.float64()),
                 "run_id": [run_id] * n,

@@ -1,4 +1,5 @@
-"""Local readers and the TREC writer: every format, malformed input, ids, renames, UTF-8."""
+"""Reading without Spark (the ``eval`` and ``report`` commands' qrels and runs), format
+inference, and the TREC writer. The parser itself is tested in ``test_parsers.py``."""
 
 from __future__ import annotations
 
@@ -15,17 +16,8 @@ from deltalake import write_deltalake
 
 from dear_udf.config import InputSpec
 from dear_udf.exceptions import InputError, OutputError
-from dear_udf.io import (
-    infer_format,
-    read_candidates,
-    read_corpus,
-    read_qrels,
-    read_queries,
-    read_run,
-    read_trec_run,
-    write_trec_run,
-)
-from dear_udf.io import rules
+from dear_udf.io import infer_format, read_local, read_run, write_trec_run
+from dear_udf.io.formats import check_input
 
 
 def _write(path: Path, content: str | bytes) -> str:
@@ -102,71 +94,43 @@ def test_infer_format_refuses_unknown_file_and_folder(tmp_path):
         infer_format(str(tmp_path / "empty"))
 
 
-# ----------------------------------------------------------------------------- text formats
-
-
-def test_tsv_queries_and_corpus(tmp_path):
-    q = _write(tmp_path / "queries.tsv", "1\twhat is dear?\n 2 \tsecond\twith a tab\n\n")
-    assert read_queries(InputSpec(q)).to_pylist() == [
-        {"query_id": "1", "query": "what is dear?"},
-        {"query_id": "2", "query": "second\twith a tab"},  # text is all after the first tab
-    ]
-    c = _write(tmp_path / "collection.tsv.gz", "7\tpassage seven\r\n8\tpassage eight\r\n")
-    table = read_corpus(InputSpec(c))
-    assert table.schema == pa.schema([("doc_id", pa.string()), ("title", pa.string()), ("text", pa.string())])
-    assert table.to_pylist() == [
-        {"doc_id": "7", "title": None, "text": "passage seven"},
-        {"doc_id": "8", "title": None, "text": "passage eight"},
-    ]
-
-
-def test_tsv_line_without_tab_names_file_and_line(tmp_path):
-    path = _write(tmp_path / "collection.tsv", "1\tok\n\n2 no tab here\n")
-    with pytest.raises(InputError, match=r"collection\.tsv, line 3: expected 2 fields \(id<TAB>text\), found no tab"):
-        read_corpus(InputSpec(path))
-
-
-def test_invalid_utf8_becomes_replacement_character(tmp_path):
-    path = _write(tmp_path / "collection.tsv", b"1\tcaf\xe9 au lait\n2\ttruncated \xe2\x82\n")
-    texts = read_corpus(InputSpec(path)).column("text").to_pylist()
-    assert texts == ["caf\ufffd au lait", "truncated \ufffd"]
+# ----------------------------------------------------------------------------- text files
 
 
 def test_trec_run_as_candidates_and_as_run(tmp_path):
-    path = _write(tmp_path / "bm25.trec", "q1 Q0 d1 1 12.5 bm25\nq1 Q0 d2 2 11 bm25\n\nq2\tQ0\td9\t1\t-3e0\tbm25\n")
-    cand = read_candidates(InputSpec(path))
+    path = _write(tmp_path / "bm25.trec.gz", "q1 Q0 d1 1 12.5 bm25\r\nq1 Q0 d2 2 11 bm25\n\nq2\tQ0\td\xe9\t1\t-3e0\tbm25")
+    cand = read_local(InputSpec(path), "candidates")
     assert cand.schema.field("first_stage_rank").type == pa.int32()
     assert cand.schema.field("first_stage_score").type == pa.float64()
     assert cand.to_pylist() == [
         {"query_id": "q1", "doc_id": "d1", "first_stage_rank": 1, "first_stage_score": 12.5},
         {"query_id": "q1", "doc_id": "d2", "first_stage_rank": 2, "first_stage_score": 11.0},
-        {"query_id": "q2", "doc_id": "d9", "first_stage_rank": 1, "first_stage_score": -3.0},
+        {"query_id": "q2", "doc_id": "d\xe9", "first_stage_rank": 1, "first_stage_score": -3.0},
     ]
-    run = read_trec_run(path)
-    assert run.column_names == ["query_id", "doc_id", "rank", "score"]
-    assert run.column("rank").to_pylist() == [1, 2, 1]
+    assert read_run(path).to_pylist() == [
+        {"query_id": "q1", "doc_id": "d1", "score": 12.5},
+        {"query_id": "q1", "doc_id": "d2", "score": 11.0},
+        {"query_id": "q2", "doc_id": "d\xe9", "score": -3.0},
+    ]
 
 
-@pytest.mark.parametrize(
-    ("line", "message"),
-    [
-        ("q1 Q0 d3 3 9.0", r"line 2: expected 6 fields \(query_id q0 doc_id rank score tag\), got 5"),
-        ("q1 Q0 d3 third 9.0 bm25", r"line 2: rank must be an integer, got 'third'"),
-        ("q1 Q0 d3 3 high bm25", r"line 2: score must be a number, got 'high'"),
-        ("q1\u00a0Q0 d3 3 9.0 bm25", r"line 2: expected 6 fields"),  # NBSP is no separator, as in Spark
-    ],
-)
-def test_malformed_trec_run_names_file_and_line(tmp_path, line, message):
-    path = _write(tmp_path / "bm25.trec", f"q1 Q0 d1 1 10.0 bm25\n{line}\n")
-    with pytest.raises(InputError, match=rf"bm25\.trec, {message}"):
-        read_candidates(InputSpec(path))
-    with pytest.raises(InputError, match=rf"bm25\.trec, {message}"):
-        read_trec_run(path)
+def test_invalid_utf8_becomes_replacement_character(tmp_path):
+    path = _write(tmp_path / "qrels.txt", b"q1 0 caf\xe9 1\nq1 0 truncated\xe2\x82 0\n")
+    assert read_local(InputSpec(path), "qrels").column("doc_id").to_pylist() == ["caf\ufffd", "truncated\ufffd"]
+
+
+def test_a_bad_line_names_file_and_line(tmp_path):
+    path = _write(tmp_path / "bm25.trec", "q1 Q0 d1 1 10.0 bm25\n\nq1 Q0 d3 third 9.0 bm25\n")
+    with pytest.raises(InputError, match=rf"^{path}, line 3: rank must be an integer, got 'third'\.$"):
+        read_run(path)
+    qrels = _write(tmp_path / "qrels.txt", "1 0 7 1\n1 0 8\n")
+    with pytest.raises(InputError, match=r"qrels\.txt, line 2: expected 4 fields \(query_id iteration doc_id relevance\), got 3"):
+        read_local(InputSpec(qrels), "qrels")
 
 
 def test_trec_qrels_and_beir_qrels(tmp_path, beir):
     trec = _write(tmp_path / "qrels.dev.txt", "1 0 7 1\n1 0 8 0\n2\t0\t9\t2\n")
-    table = read_qrels(InputSpec(trec))
+    table = read_local(InputSpec(trec), "qrels")
     assert table.schema == pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("relevance", pa.int32())])
     assert table.to_pylist() == [
         {"query_id": "1", "doc_id": "7", "relevance": 1},
@@ -174,73 +138,25 @@ def test_trec_qrels_and_beir_qrels(tmp_path, beir):
         {"query_id": "2", "doc_id": "9", "relevance": 2},
     ]
     expected = [{"query_id": "10", "doc_id": "d1", "relevance": 1}, {"query_id": "10", "doc_id": "2", "relevance": 0}]
-    assert read_qrels(InputSpec(str(beir))).to_pylist() == expected
-    assert read_qrels(InputSpec(str(beir / "qrels" / "test.tsv"))).to_pylist() == expected
+    assert read_local(InputSpec(str(beir)), "qrels").to_pylist() == expected
+    assert read_local(InputSpec(str(beir / "qrels" / "test.tsv")), "qrels").to_pylist() == expected
+    assert read_local(InputSpec(f"file:{beir}"), "qrels").to_pylist() == expected  # a file: URI is a local path
 
 
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        ("1 0 7 1\n1 0 8\n", r"line 2: expected 4 fields \(query_id iteration doc_id relevance\), got 3"),
-        ("1 0 7 1\n\n1 0 8 yes\n", r"line 3: relevance must be an integer, got 'yes'"),
-        ("query-id\tcorpus-id\tscore\n1\t7\n", r"line 2: expected 3 fields \(query-id corpus-id score\), got 2"),
-    ],
-)
-def test_malformed_qrels_names_file_and_line(tmp_path, content, message):
-    path = _write(tmp_path / "qrels.txt", content)
-    with pytest.raises(InputError, match=rf"qrels\.txt, {message}"):
-        read_qrels(InputSpec(path))
-
-
-def test_fixed_layout_refuses_column_mapping(tmp_path):
-    path = _write(tmp_path / "queries.tsv", "1\tq\n")
-    with pytest.raises(InputError, match="fixed layout"):
-        read_queries(InputSpec(path, columns={"query_id": "qid"}))
-
-
-def test_format_that_holds_no_such_input(tmp_path, beir):
-    with pytest.raises(InputError, match="holds no first-stage candidates"):
-        read_candidates(InputSpec(str(beir)))
-    run = _write(tmp_path / "bm25.trec", "q1 Q0 d1 1 1.0 t\n")
-    with pytest.raises(InputError, match="format 'trec' holds no queries"):
-        read_queries(InputSpec(run))
-    with pytest.raises(InputError, match="catalog tables need a Spark session"):
-        read_queries(InputSpec("prod.search.queries"))
-
-
-# ----------------------------------------------------------------------------- JSON Lines
-
-
-def test_beir_folder_queries_and_corpus(beir):
-    assert read_queries(InputSpec(str(beir))).to_pylist() == [{"query_id": "10", "query": "what?"}]
-    corpus = read_corpus(InputSpec(str(beir)))
-    assert corpus.to_pylist() == [
-        {"doc_id": "d1", "title": "T1", "text": "one"},
-        {"doc_id": "2", "title": None, "text": "two"},  # integer id -> "2", absent title -> null
-    ]
-
-
-def test_jsonl_malformed_line_names_file_and_line(tmp_path):
-    path = _write(tmp_path / "corpus.jsonl", '{"doc_id": "a", "text": "x"}\n{"doc_id": "b", "text": \n')
-    with pytest.raises(InputError, match=r"corpus\.jsonl, line 2: not a JSON object: "):
-        read_corpus(InputSpec(path))
-    path = _write(tmp_path / "c2.jsonl", '{"doc_id": "a", "text": "x"}\n["b", "y"]\n')
-    with pytest.raises(InputError, match=r"c2\.jsonl, line 2: not a JSON object: '\["):
-        read_corpus(InputSpec(path))
-
-
-def test_jsonl_record_without_id_keeps_a_null_id(tmp_path):
-    # As the Spark reader does: the job counts such rows (rows_without_id), never loses them.
-    path = _write(tmp_path / "corpus.jsonl", '{"doc_id": "a", "text": "x"}\n\n{"text": "y"}\n')
-    assert read_corpus(InputSpec(path)).select(["doc_id", "text"]).to_pylist() == [
-        {"doc_id": "a", "text": "x"},
-        {"doc_id": None, "text": "y"},
-    ]
-
-
-def test_jsonl_invalid_utf8_is_replaced(tmp_path):
-    path = _write(tmp_path / "queries.jsonl", b'{"query_id": "1", "query": "na\xefve"}\n')
-    assert read_queries(InputSpec(path)).column("query").to_pylist() == ["na\ufffdve"]
+def test_inputs_that_cannot_be_read_as_asked_are_refused(tmp_path, beir):
+    path = _write(tmp_path / "qrels.txt", "1 0 7 1\n")
+    with pytest.raises(InputError, match=r"columns \{'query_id': 'qid'\} given, but 'qrels' files have a fixed layout"):
+        check_input(InputSpec(path, columns={"query_id": "qid"}), "qrels")
+    with pytest.raises(InputError, match=r"fixed layout"):
+        check_input(InputSpec(str(beir), columns={"query_id": "qid"}), "qrels")
+    with pytest.raises(InputError, match="a BEIR folder holds no first-stage candidates; give a run file"):
+        read_run(str(beir))
+    (beir / "qrels" / "test.tsv").unlink()
+    with pytest.raises(InputError, match=r"scifact: this BEIR folder has no qrels/test\.tsv, needed for qrels\."):
+        read_local(InputSpec(str(beir)), "qrels")
+    for where in ("prod.search.judgements", "s3://bucket/qrels.txt"):
+        with pytest.raises(InputError, match="catalog tables and remote paths need a Spark session"):
+            read_local(InputSpec(where), "qrels")
 
 
 # ----------------------------------------------------------------------------- Parquet, Delta
@@ -252,7 +168,7 @@ def test_parquet_integer_ids_are_cast_to_string_and_columns_renamed(tmp_path):
         pa.table({"qid": [1, 1, 2], "pid": [10, 20, 30], "rank": pa.array([1, 2, 1], pa.int64()), "extra": [0, 0, 0]}),
         path,
     )
-    table = read_candidates(InputSpec(str(path), columns={"query_id": "qid", "doc_id": "pid"}))
+    table = read_local(InputSpec(str(path), columns={"query_id": "qid", "doc_id": "pid"}), "candidates")
     assert table.schema.names == ["query_id", "doc_id", "first_stage_rank", "first_stage_score"]
     assert table.column("query_id").to_pylist() == ["1", "1", "2"]
     assert table.column("doc_id").to_pylist() == ["10", "20", "30"]
@@ -261,54 +177,38 @@ def test_parquet_integer_ids_are_cast_to_string_and_columns_renamed(tmp_path):
 
 
 def test_parquet_folder_written_by_spark(tmp_path):
-    folder = tmp_path / "queries"
+    folder = tmp_path / "qrels"
     folder.mkdir()
-    pq.write_table(pa.table({"query_id": ["a"], "query": ["x"]}), folder / "part-00000.parquet")
-    pq.write_table(pa.table({"query_id": ["b"], "query": ["y"]}), folder / "part-00001.parquet")
+    pq.write_table(pa.table({"query_id": ["a"], "doc_id": ["x"], "relevance": [1]}), folder / "part-00000.parquet")
+    pq.write_table(pa.table({"query_id": ["b"], "doc_id": ["y"], "relevance": [0]}), folder / "part-00001.parquet")
     (folder / "_SUCCESS").write_text("")
-    assert sorted(read_queries(InputSpec(str(folder))).column("query_id").to_pylist()) == ["a", "b"]
+    assert sorted(read_local(InputSpec(str(folder)), "qrels").column("query_id").to_pylist()) == ["a", "b"]
 
 
-def test_missing_columns_are_named(tmp_path):
-    path = tmp_path / "corpus.parquet"
-    pq.write_table(pa.table({"docnum": ["1"], "body_html": ["x"]}), path)
+def test_missing_columns_are_named_with_the_path(tmp_path):
+    path = tmp_path / "qrels.parquet"
+    pq.write_table(pa.table({"qid": ["1"], "docnum": ["2"], "grade": [1]}), path)
     with pytest.raises(
         InputError,
-        match=r"corpus\.parquet: missing required column\(s\) \['doc_id', 'text'\] for corpus; columns present: \['docnum', 'body_html'\]",
+        match=r"qrels\.parquet: missing required column\(s\) \['doc_id', 'relevance'\] for qrels; columns present: \['qid', 'docnum', 'grade'\]",
     ):
-        read_corpus(InputSpec(str(path)))
-    with pytest.raises(InputError, match=r"mapped column\(s\) \['passage_text'\] not found"):
-        read_corpus(InputSpec(str(path), columns={"doc_id": "docnum", "text": "passage_text"}))
-    with pytest.raises(InputError, match=r"unknown canonical name\(s\) \['docid'\]"):
-        read_corpus(InputSpec(str(path), columns={"docid": "docnum"}))
-    assert read_corpus(InputSpec(str(path), columns={"doc_id": "docnum", "text": "body_html"})).num_rows == 1
-
-
-def test_aliases_of_other_tools_are_accepted(tmp_path):
-    path = tmp_path / "corpus.parquet"
-    pq.write_table(pa.table({"pid": [3], "contents": ["x"]}), path)  # Pyserini's names
-    assert read_corpus(InputSpec(str(path))).to_pylist() == [{"doc_id": "3", "title": None, "text": "x"}]
-
-
-def test_candidates_need_rank_or_score(tmp_path):
-    path = tmp_path / "cands.parquet"
-    pq.write_table(pa.table({"query_id": ["1"], "doc_id": ["2"]}), path)
-    with pytest.raises(InputError, match="candidates need a first-stage rank or score column"):
-        read_candidates(InputSpec(str(path)))
+        read_local(InputSpec(str(path)), "qrels")
+    mapped = read_local(InputSpec(str(path), columns={"doc_id": "docnum", "relevance": "grade"}), "qrels")
+    assert mapped.to_pylist() == [{"query_id": "1", "doc_id": "2", "relevance": 1}]  # qid: an alias of query_id
 
 
 def test_nan_first_stage_score_reads_null(tmp_path):
     path = tmp_path / "cands.parquet"
     pq.write_table(pa.table({"query_id": ["1", "1"], "doc_id": ["2", "3"], "score": [float("nan"), 1.0]}), path)
-    assert read_candidates(InputSpec(str(path))).column("first_stage_score").to_pylist() == [None, 1.0]
+    assert read_local(InputSpec(str(path)), "candidates").column("first_stage_score").to_pylist() == [None, 1.0]
 
 
 def test_null_ids_are_kept_and_evaluation_drops_them(tmp_path, caplog):
     from dear_udf.evaluate import load_qrels
 
-    path = tmp_path / "q.parquet"
-    pq.write_table(pa.table({"query_id": ["1", None], "query": ["a", "b"]}), path)
-    assert read_queries(InputSpec(str(path))).column("query_id").to_pylist() == ["1", None]
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"query_id": ["1", None], "doc_id": ["a", "b"], "rank": [1, 1]}), path)
+    assert read_local(InputSpec(str(path)), "candidates").column("query_id").to_pylist() == ["1", None]
     qrels = tmp_path / "qrels.parquet"
     pq.write_table(pa.table({"query_id": ["1", None, " "], "doc_id": ["d", "e", "f"], "relevance": [1, 1, 1]}), qrels)
     with caplog.at_level("WARNING"):
@@ -320,13 +220,13 @@ def test_bad_column_type_is_named(tmp_path):
     path = tmp_path / "qrels.parquet"
     pq.write_table(pa.table({"query_id": ["1"], "doc_id": ["2"], "relevance": ["very"]}), path)
     with pytest.raises(InputError, match=r"column 'relevance' of type string cannot be read as int32"):
-        read_qrels(InputSpec(str(path)))
+        read_local(InputSpec(str(path)), "qrels")
 
 
 def test_delta_table_with_renamed_columns(tmp_path):
     uri = tmp_path / "qrels_delta"
     write_deltalake(str(uri), pa.table({"q": [5, 6], "d": ["a", "b"], "label": [1.0, 0.0]}))
-    table = read_qrels(InputSpec(str(uri), columns={"query_id": "q", "doc_id": "d"}))
+    table = read_local(InputSpec(str(uri), columns={"query_id": "q", "doc_id": "d"}), "qrels")
     assert table.to_pylist() == [
         {"query_id": "5", "doc_id": "a", "relevance": 1},
         {"query_id": "6", "doc_id": "b", "relevance": 0},
@@ -363,7 +263,7 @@ def test_write_trec_run_sorts_and_round_trips(tmp_path):
         "q10 Q0 d7 1 -2.0 dear-test",
         "q2 Q0 d5 1 0.5 dear-test",
     ]
-    back = read_trec_run(path)
+    back = read_run(str(path))
     assert back.column("score").to_pylist() == [0.30000001192092896, 0.1, -2.0, 0.5]
     assert back.column("doc_id").to_pylist() == ["d1", "d2", "d7", "d5"]
 
@@ -409,8 +309,13 @@ def test_read_run_from_rank_only_candidates_orders_by_rank(tmp_path):
     assert read_run(str(path)).column("score").to_pylist() == [-2.0, -1.0]
 
 
-def test_shared_rules_match_spark_split_semantics():
-    # The Spark reader trims spaces then splits at \s+: a leading tab makes an empty field.
-    assert rules.split_trec("  q1 Q0 d1 1 2.0 t ") == ["q1", "Q0", "d1", "1", "2.0", "t"]
-    assert rules.split_trec("\tq1 Q0 d1 1 2.0 t")[0] == ""
-    assert rules.is_blank("   ") and not rules.is_blank("\t")
+def test_read_run_of_a_delta_output_table_partitioned_by_run(tmp_path):
+    path = tmp_path / "reranked"
+    rows = {"query_id": ["q", "q", "q"], "doc_id": ["a", "b", "a"], "rank": [1, 2, 1], "score": [2.0, 1.0, 5.0], "run_id": ["r1", "r1", "r2"]}
+    write_deltalake(str(path), pa.table(rows), partition_by=["run_id"])
+    assert read_run(str(path), run_id="r1").to_pylist() == [
+        {"query_id": "q", "doc_id": "a", "score": 2.0},
+        {"query_id": "q", "doc_id": "b", "score": 1.0},
+    ]
+    with pytest.raises(InputError, match=r"holds 2 runs \['r1', 'r2'\]"):
+        read_run(f"file://{path}")

@@ -92,8 +92,7 @@ def test_a_summary_or_trec_file_inside_the_table_is_refused_whatever_the_form(tm
 @pytest.mark.parametrize("form", ["file:{}", "file://{}", "{}"])
 def test_inputs_written_as_file_uris_are_read_from_the_local_disk(tmp_path, form):
     from dear_udf.config import InputSpec
-    from dear_udf.io.formats import infer_format
-    from dear_udf.spark.read import check_input
+    from dear_udf.io.formats import check_input, infer_format
 
     from deltalake import write_deltalake
 

@@ -1,10 +1,12 @@
-"""Local readers of the job's inputs (queries, corpus, candidates, qrels) into Arrow tables.
+"""What format an input holds, and reading an input without Spark.
 
-No Spark here: these read qrels for evaluation, feed the demo, and are the reference the
-Spark readers follow. The per-line rules (field layouts, BEIR file names, UTF-8 handling)
-live in ``rules.py`` so both sides apply the same ones.
+``infer_format`` and ``check_input`` serve both readers: the Spark job's (``spark/read.py``,
+which reads every input of a run) and ``read_local`` here, which reads the run files and
+qrels of the ``eval`` and ``report`` commands into Arrow tables on this machine. Both apply
+the same parser per text format (``text.py``), the same column rules (``rules.py``) and word
+their errors the same way; the Spark reader is the one a night runs.
 
-Every reader returns the canonical columns of ``schema.py`` with fixed types (ids are
+``read_local`` returns the canonical columns of ``schema.py`` with fixed types (ids are
 strings whatever the source held) and fails with ``InputError`` naming the path, and for
 text files the 1-based line number, rather than skipping anything it cannot read.
 """
@@ -23,14 +25,11 @@ import pyarrow as pa
 from .. import schema as S
 from ..config import INPUT_FORMATS, InputSpec
 from ..exceptions import InputError
-from . import rules
-from . import text
-from .text import read_text
-from ..paths import location
+from ..paths import Location, location
+from . import rules, text
 
 _ID_COLUMNS = (S.QUERY_ID, S.DOC_ID)
 _IDENT = re.compile(r"^`?[A-Za-z_][\w-]*`?$")
-
 
 # ----------------------------------------------------------------------------- inference
 
@@ -114,13 +113,89 @@ def infer_format(path: str) -> str:
     return fmt
 
 
-# ----------------------------------------------------------------------------- text files
 
 
-def iter_all_lines(path: str | os.PathLike[str]) -> Iterator[str]:
+def check_input(spec: InputSpec, kind: str) -> str:
+    """Check, without reading it, that an input can be read as ``kind``; return its format.
+
+    Both readers start here, and the job calls it for every input before it reads any
+    (``spark/preflight.py``). Catalog tables and remote paths are checked when read.
+
+    Raises:
+        InputError: the path does not exist, its format cannot be told, a BEIR folder lacks
+            the file ``kind`` needs, or columns are mapped in a format with a fixed layout.
+
+    Example:
+        >>> check_input(InputSpec("bm25.trec"), "candidates")  # doctest: +SKIP
+        'trec'
+    """
+    fmt = spec.format or infer_format(spec.path)
+    if fmt == "table":
+        return fmt
+    where = location(spec.path)
+    if where.is_local and not os.path.exists(where.local):
+        raise InputError(f"{spec.path}: no such file or folder.")
+    if fmt == "beir":
+        beir_file(spec.path, kind)
+    fixed = "qrels" if fmt == "beir" and kind == "qrels" else fmt
+    if spec.columns and fixed in text.TEXT_FORMATS:
+        raise InputError(f"{spec.path}: columns {dict(spec.columns)} given, but {fixed!r} files have a fixed layout without column names.")
+    return fmt
+
+
+def beir_file(path: str, kind: str) -> Location:
+    """The file of a BEIR folder that holds ``kind`` (``rules.BEIR_FILES``).
+
+    Raises:
+        InputError: BEIR holds no such file (candidates), or this local folder lacks it.
+    """
+    if kind not in rules.BEIR_FILES:
+        raise InputError(f"{path}: a BEIR folder holds no first-stage {kind}; give a run file.")
+    inner = location(path).join(*rules.BEIR_FILES[kind].split("/"))
+    if inner.is_local and not os.path.isfile(inner.local):
+        raise InputError(f"{path}: this BEIR folder has no {rules.BEIR_FILES[kind]}, needed for {kind}.")
+    return inner
+
+
+# ----------------------------------------------------------------------------- reading without Spark
+
+
+def read_local(spec: InputSpec, kind: str) -> pa.Table:
+    """Read a local input as ``kind`` (``queries``, ``corpus``, ``candidates``, ``qrels``) with
+    the canonical columns of ``schema.INPUT_SCHEMAS[kind]``, as the Spark reader does.
+
+    Candidates' rank and score are nullable (a TSV run has ranks only); at least one must be
+    present. Text qrels are TREC's ``qid 0 docid rel``, or BEIR's TSV when its header comes first.
+
+    Raises:
+        InputError: see ``check_input``; also a remote path or catalog table (read those
+            with Spark), a malformed line (named by file and line), missing columns (named,
+            with the columns present), or a column that cannot be read as its type.
+
+    Example:
+        >>> read_local(InputSpec("qrels.dev.tsv"), "qrels").column_names  # doctest: +SKIP
+        ['query_id', 'doc_id', 'relevance']
+    """
+    fmt = check_input(spec, kind)
+    where = location(spec.path)
+    if fmt == "table" or not where.is_local:
+        raise InputError(f"{spec.path}: catalog tables and remote paths need a Spark session; without one, only local files and folders are read.")
+    path, mapping = where.local, dict(spec.columns)
+    if fmt == "beir":
+        path, fmt = beir_file(spec.path, kind).local, ("qrels" if kind == "qrels" else "jsonl")
+    if fmt in ("parquet", "delta"):
+        table = _read_columns(path, fmt, kind, mapping)
+    elif fmt == "jsonl":
+        table = _read_jsonl(path, kind, mapping)
+    else:
+        table = _read_text(path, kind, fmt)
+    return _conform(table, kind, path)
+
+
+def _lines(path: str) -> Iterator[str]:
     """Every line of a text file (``.gz`` too), decoded by ``rules.decode_line``: invalid
     UTF-8 becomes U+FFFD, as in Spark; lines end at ``\\n`` only."""
-    opener: Callable[..., Any] = gzip.open if str(path).endswith(".gz") else open
+    opener: Callable[..., Any] = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as fh:
             for raw in fh:
@@ -129,14 +204,14 @@ def iter_all_lines(path: str | os.PathLike[str]) -> Iterator[str]:
         raise InputError(f"{path}: cannot read ({exc}).") from exc
 
 
-def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` of a text file, 1-based, blank lines skipped."""
-    for number, line in enumerate(iter_all_lines(path), start=1):
-        if not rules.is_blank(line):
-            yield number, line
-
-
-# ----------------------------------------------------------------------------- columnar
+def _read_text(path: str, kind: str, fmt: str) -> pa.Table:
+    """TSV, TREC runs and qrels: ``text.parse_lines`` over the file's lines."""
+    lines = list(_lines(path))
+    first = next((line for line in lines if not rules.is_blank(line)), None)
+    batch, bad, reason = text.parse_lines(lines, text.layout_for(kind, fmt, first, path=path), first=True)
+    if bad is not None:
+        raise text.line_error(path, bad + 1, reason)
+    return pa.Table.from_batches([batch])
 
 
 def _resolve(path: str, kind: str, present: list[str], mapping: Mapping[str, str]) -> dict[str, str]:
@@ -147,8 +222,8 @@ def _resolve(path: str, kind: str, present: list[str], mapping: Mapping[str, str
 
 
 def _read_jsonl(path: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:
-    """Read JSON Lines with ``text.json_keys`` and ``text.json_batch``, as Spark does."""
-    lines = list(iter_all_lines(path))
+    """JSON Lines with ``text.json_keys`` and ``text.json_batch``, as Spark does."""
+    lines = list(_lines(path))
     keys, bad, reason = text.json_keys(lines)
     if bad is not None:
         raise text.line_error(path, bad + 1, reason)
@@ -158,34 +233,40 @@ def _read_jsonl(path: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:
     return pa.Table.from_batches([batch]).rename_columns(list(chosen))
 
 
-def _read_parquet(path: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:
+def open_table(path: str, fmt: str) -> Any:
+    """A local Parquet file or folder (hive partitions), or a Delta table's current version,
+    as a ``pyarrow.dataset.Dataset``: its schema is known, no data is read yet.
+
+    Raises:
+        InputError: not a Delta table, or not Parquet.
+    """
     import pyarrow.dataset as ds
 
+    if fmt == "delta":
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaProtocolError, TableNotFoundError
+
+        try:
+            return DeltaTable(path).to_pyarrow_dataset()
+        except TableNotFoundError as exc:
+            raise InputError(f"{path}: not a Delta table ({exc}).") from exc
+        except DeltaProtocolError as exc:  # deletion vectors, column mapping: not read here
+            raise InputError(f"{path}: this Delta table cannot be read without Spark's Delta ({exc}).") from exc
     try:
-        dataset = ds.dataset(path, format="parquet", partitioning="hive")
+        return ds.dataset(path, format="parquet", partitioning="hive")
     except (OSError, pa.ArrowInvalid) as exc:
         raise InputError(f"{path}: cannot open as Parquet ({exc}).") from exc
-    chosen = _resolve(path, kind, dataset.schema.names, mapping)  # before reading any data
+
+
+def _read_columns(path: str, fmt: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:
+    """Parquet or Delta: the columns ``kind`` needs, chosen before any data is read."""
+    dataset = open_table(path, fmt)
+    chosen = _resolve(path, kind, dataset.schema.names, mapping)
     try:
         table = dataset.to_table(columns=list(chosen.values()))
     except (OSError, pa.ArrowInvalid) as exc:  # a corrupt file of a folder; the message names it
-        raise InputError(f"{path}: cannot read as Parquet ({exc}).") from exc
+        raise InputError(f"{path}: cannot read its data files ({exc}).") from exc
     return table.rename_columns(list(chosen))
-
-
-def _read_delta(path: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        table = DeltaTable(path)
-    except TableNotFoundError as exc:
-        raise InputError(f"{path}: not a Delta table ({exc}).") from exc
-    chosen = _resolve(path, kind, [f.name for f in table.schema().fields], mapping)
-    return table.to_pyarrow_table(columns=list(chosen.values())).rename_columns(list(chosen))
-
-
-# ----------------------------------------------------------------------------- finishing
 
 
 def _conform(table: pa.Table, kind: str, path: str) -> pa.Table:
@@ -211,91 +292,3 @@ def _conform(table: pa.Table, kind: str, path: str) -> pa.Table:
             column = pc.if_else(pc.is_nan(column), pa.scalar(None, pa.float64()), column)
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=target)
-
-
-def _read(spec: InputSpec, kind: str) -> pa.Table:
-    fmt = spec.format or infer_format(spec.path)
-    path = spec.path
-    mapping = dict(spec.columns)
-    if fmt == "table":
-        raise InputError(f"{path}: catalog tables need a Spark session; the local readers read files and Delta folders only.")
-    if fmt == "beir":
-        if kind not in rules.BEIR_FILES:
-            raise InputError(f"{path}: a BEIR folder holds no first-stage {kind}; give a run file.")
-        inner = os.path.join(path, rules.BEIR_FILES[kind])
-        if not os.path.isfile(inner):
-            raise InputError(f"{path}: BEIR folder lacks {rules.BEIR_FILES[kind]}.")
-        path, fmt = inner, ("qrels" if kind == "qrels" else "jsonl")
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such file or folder.")
-    if fmt == "parquet":
-        table = _read_parquet(path, kind, mapping)
-    elif fmt == "delta":
-        table = _read_delta(path, kind, mapping)
-    elif fmt == "jsonl":
-        table = _read_jsonl(path, kind, mapping)
-    else:
-        if mapping:
-            raise InputError(f"{path}: columns {mapping} given, but {fmt!r} files have a fixed layout without column names.")
-        table = read_text(path, kind, fmt)
-    return _conform(table, kind, path)
-
-
-# ----------------------------------------------------------------------------- public readers
-
-
-def read_queries(spec: InputSpec) -> pa.Table:
-    """Read queries as ``(query_id, query)``.
-
-    Example:
-        >>> read_queries(InputSpec("data/queries.tsv")).column_names  # doctest: +SKIP
-        ['query_id', 'query']
-    """
-    return _read(spec, "queries")
-
-
-def read_corpus(spec: InputSpec) -> pa.Table:
-    """Read documents as ``(doc_id, title, text)``; ``title`` is null where the input has none.
-
-    Example:
-        >>> read_corpus(InputSpec("beir/scifact")).column_names  # doctest: +SKIP
-        ['doc_id', 'title', 'text']
-    """
-    return _read(spec, "corpus")
-
-
-def read_candidates(spec: InputSpec) -> pa.Table:
-    """Read first-stage candidates as ``(query_id, doc_id, first_stage_rank, first_stage_score)``.
-
-    Rank and score are nullable (a TSV run has ranks only); at least one must be present.
-
-    Example:
-        >>> read_candidates(InputSpec("bm25.run")).column_names  # doctest: +SKIP
-        ['query_id', 'doc_id', 'first_stage_rank', 'first_stage_score']
-    """
-    return _read(spec, "candidates")
-
-
-def read_qrels(spec: InputSpec) -> pa.Table:
-    """Read relevance judgements as ``(query_id, doc_id, relevance)``.
-
-    Text qrels are TREC's ``qid 0 docid rel``, or BEIR's TSV when its header comes first.
-
-    Example:
-        >>> read_qrels(InputSpec("qrels.dev.tsv")).num_rows  # doctest: +SKIP
-        7437
-    """
-    return _read(spec, "qrels")
-
-
-def read_trec_run(path: str | os.PathLike[str]) -> pa.Table:
-    """Read a TREC run file as ``(query_id, doc_id, rank, score)``, in file order.
-
-    Example:
-        >>> read_trec_run("reranked.trec").column_names  # doctest: +SKIP
-        ['query_id', 'doc_id', 'rank', 'score']
-    """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file.")
-    return read_text(path, "run", "trec")

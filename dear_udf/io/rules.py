@@ -1,12 +1,12 @@
-"""Parsing rules of the input formats, shared by the local readers and the Spark readers.
+"""Parsing rules of the input formats, shared by the Spark reader and the reader without Spark.
 
 No heavy imports, so a Spark driver or UDF can use it as is. Each ``parse_*`` function takes
 one decoded line and returns a tuple of fields, or raises ``LineError`` with the reason; the
 caller adds the file name and the 1-based line number. ``resolve_columns`` picks the source
 column of each canonical column the same way for every columnar format.
 
-Rules both readers apply (``spark/read.py`` follows them; compared by reading its code, and
-the UTF-8 rule by running Spark):
+Rules both readers apply (``spark/read.py`` follows them where Spark splits and decodes the
+lines itself; ``tests/test_spark_read.py`` runs Spark on each):
 
 - Lines end at ``\\n`` only (one trailing ``\\r`` is dropped). Spark's text reader would also
   split at a bare ``\\r`` (a phantom record from a CR inside a text), so the Spark readers ask
@@ -63,7 +63,7 @@ OPTIONAL = {
     "qrels": (),
 }
 # Names other tools use (BEIR's "_id", Pyserini's "contents", ...), taken in this order when
-# the canonical column is absent and no mapping names it. The same table as spark/read.py.
+# the canonical column is absent and no mapping names it.
 COLUMN_ALIASES = {
     S.QUERY_ID: ("qid", "query-id", "_id", "id"),
     S.DOC_ID: ("pid", "docid", "docno", "corpus-id", "_id", "id"),

@@ -8,7 +8,6 @@ first. Inputs that hold ranks but no scores (first-stage candidates from an MS M
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import pyarrow as pa
@@ -17,7 +16,8 @@ import pyarrow.compute as pc
 from .. import schema as S
 from ..config import InputSpec
 from ..exceptions import InputError
-from .formats import infer_format, read_candidates, read_trec_run
+from ..paths import location
+from .formats import check_input, open_table, read_local
 from .trec import to_arrow
 
 log = logging.getLogger(__name__)
@@ -81,15 +81,20 @@ def as_run(table_or_df: Any, *, what: str = "run") -> pa.Table:
     )
 
 
+# Formats a run can be read from: a TREC run file, or candidates or reranked rows in a table.
+_RUN_FORMATS = ("trec", "tsv", "jsonl", "parquet", "delta")
+
+
 def read_run(path: str, *, format: str | None = None, run_id: str | None = None) -> pa.Table:
-    """Read a ranked run from a TREC run file, a TSV run, Parquet or a Delta table.
+    """Read a ranked run from a TREC run file, a TSV run, JSON Lines, Parquet or a Delta table.
 
     The job's output table holds every night's run in the ``run_id`` partition column; pick
     one with ``run_id``. A table holding several runs and no ``run_id`` is refused rather
-    than evaluated as one mixed run.
+    than evaluated as one mixed run. Anything else is read as first-stage candidates
+    (``formats.read_local``).
 
     Args:
-        path: file or folder.
+        path: a local file or folder.
         format: one of ``trec``, ``tsv``, ``parquet``, ``delta``, ``jsonl``; None infers it.
         run_id: keep only these rows of a table with a ``run_id`` column.
 
@@ -99,47 +104,30 @@ def read_run(path: str, *, format: str | None = None, run_id: str | None = None)
     Example:
         >>> read_run("out/reranked", run_id="2024-05-01")  # doctest: +SKIP
     """
-    fmt = format or infer_format(path)
-    if fmt == "trec":
-        return as_run(read_trec_run(path), what=path)
-    if fmt in ("tsv", "jsonl") or (fmt in ("parquet", "delta") and not _has_output_columns(path, fmt)):
-        return as_run(read_candidates(InputSpec(path, format=fmt)), what=path)
-    if fmt not in ("parquet", "delta"):
-        raise InputError(f"{path}: a run must be a TREC run, TSV run, Parquet or Delta table, got format {fmt!r}.")
-    table = _read_table(path, fmt)
-    if S.RUN_ID in table.column_names:
-        runs = sorted(v for v in pc.unique(table.column(S.RUN_ID)).to_pylist() if v is not None)
-        if run_id is not None:
-            if run_id not in runs:
-                raise InputError(f"{path}: run_id {run_id!r} not found; runs present: {runs}.")
-            table = table.filter(pc.equal(table.column(S.RUN_ID), run_id))
-        elif len(runs) > 1:
-            raise InputError(f"{path}: holds {len(runs)} runs {runs}; choose one with run_id.")
-    elif run_id is not None:
-        raise InputError(f"{path}: run_id {run_id!r} given but the table has no {S.RUN_ID!r} column.")
-    return as_run(table, what=path)
+    spec = InputSpec(path, format=format)
+    fmt = check_input(spec, "candidates")
+    if fmt not in _RUN_FORMATS:
+        raise InputError(f"{path}: a run must be a TREC run, TSV run, JSON Lines, Parquet or Delta table, got format {fmt!r}.")
+    where = location(path)
+    dataset = open_table(where.local, fmt) if fmt in ("parquet", "delta") and where.is_local else None
+    if dataset is None or not {S.SCORE, S.RANK} & set(dataset.schema.names):
+        return as_run(read_local(spec, "candidates"), what=path)
+    return as_run(_one_run(dataset, path, run_id), what=path)
 
 
-def _read_table(path: str, fmt: str) -> pa.Table:
-    if fmt == "delta":
-        from .delta_writer import read_table
-
-        return read_table(path)
+def _one_run(dataset: Any, path: str, run_id: str | None) -> pa.Table:
+    """The reranked rows of one run of an output table (``run_id``, or its only run)."""
     import pyarrow.dataset as ds
 
-    return ds.dataset(path, format="parquet", partitioning="hive").to_table()
-
-
-def _has_output_columns(path: str, fmt: str) -> bool:
-    """True for a table of reranked rows (``score`` or ``rank``), False for candidates."""
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such file or folder.")
-    if fmt == "delta":
-        from deltalake import DeltaTable
-
-        names = [f.name for f in DeltaTable(path).schema().fields]
-    else:
-        import pyarrow.dataset as ds
-
-        names = ds.dataset(path, format="parquet", partitioning="hive").schema.names
-    return S.SCORE in names or S.RANK in names
+    if S.RUN_ID not in dataset.schema.names:
+        if run_id is not None:
+            raise InputError(f"{path}: run_id {run_id!r} given but the table has no {S.RUN_ID!r} column.")
+        return dataset.to_table()
+    runs = sorted(v for v in pc.unique(dataset.to_table(columns=[S.RUN_ID]).column(S.RUN_ID)).to_pylist() if v is not None)
+    if run_id is None and len(runs) > 1:
+        raise InputError(f"{path}: holds {len(runs)} runs {runs}; choose one with run_id.")
+    if run_id is None:
+        return dataset.to_table()
+    if run_id not in runs:
+        raise InputError(f"{path}: run_id {run_id!r} not found; runs present: {runs}.")
+    return dataset.to_table(filter=ds.field(S.RUN_ID) == run_id)

@@ -1,9 +1,10 @@
 """One parser per text format (MS MARCO TSV, TREC runs, TREC and BEIR qrels, JSON Lines), for both paths.
 
-The local readers (``formats.py``) hand it a file's lines; the Spark readers hand it the
-lines of each Arrow batch through ``mapInArrow`` (``spark/read.py``). So both give the
-same rows, the same errors and the same line numbers: a bad line is reported as
-``"<path>, line <n>: <reason>."``, with ``n`` counted from 1 over every line of the file.
+Nothing here opens a file. The Spark reader hands it the lines of each Arrow batch through
+``mapInArrow`` (``spark/read.py``); the reader without Spark, a whole file's lines
+(``formats.read_local``). So both give the same rows, the same errors and the same line
+numbers: a bad line is reported as ``"<path>, line <n>: <reason>."``, with ``n`` counted
+from 1 over every line of the file.
 
 The per-line rules (field separators, integer and number fields, blank lines, ids) are
 ``rules.py``'s.
@@ -42,7 +43,6 @@ _LAYOUTS = {
     ("queries", "tsv"): TextLayout(S.QUERIES_SCHEMA, rules.parse_tsv_line),
     ("corpus", "tsv"): TextLayout(S.CORPUS_SCHEMA, _tsv_corpus),
     ("candidates", "trec"): TextLayout(S.CANDIDATES_SCHEMA, rules.parse_trec_run_line),
-    ("run", "trec"): TextLayout(S.TREC_RUN_SCHEMA, rules.parse_trec_run_line),
     ("qrels", "trec"): TextLayout(S.QRELS_SCHEMA, rules.parse_trec_qrels_line),
     ("qrels", "beir"): TextLayout(S.QRELS_SCHEMA, rules.parse_beir_qrels_line, header=rules.is_beir_qrels_header),
 }
@@ -100,22 +100,6 @@ def _table(rows: list[tuple], schema: pa.Schema) -> pa.RecordBatch:
 def line_error(path: str, number: int, reason: str) -> InputError:
     """The error of a bad line, the same on both paths."""
     return InputError(f"{path}, line {number}: {reason}.")
-
-
-def first_content_line(lines: Iterable[str]) -> str | None:
-    return next((line for line in lines if not rules.is_blank(line)), None)
-
-
-def read_text(path: str, kind: str, fmt: str) -> pa.Table:
-    """Read a local text file (``.gz`` too) of ``kind`` in ``fmt``: the local path's reader."""
-    from .formats import iter_all_lines
-
-    lines = list(iter_all_lines(path))
-    layout = layout_for(kind, fmt, first_content_line(lines), path=path)
-    batch, bad, reason = parse_lines(lines, layout, first=True)
-    if bad is not None:
-        raise line_error(path, bad + 1, reason)
-    return pa.Table.from_batches([batch])
 
 
 # -- JSON Lines ------------------------------------------------------------------------------

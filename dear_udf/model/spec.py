@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from ..exceptions import ConfigError
 from ..settings import flag
 
 Dtype = Literal["float32", "bfloat16", "float16"]
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES: tuple[str, ...] = get_args(Dtype)
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class ModelSpec:
 
     model: str | None = field(metadata=flag("--model", help="DeAR model (hub id or directory), or the base of --adapter"))
     adapter: str | None = field(default=None, metadata=flag("--adapter", help="PEFT LoRA adapter (hub id or directory)"))
-    dtype: Dtype = field(default="float32", metadata=flag("--dtype", choices=DTYPES, help="weights dtype (default float32)"))
+    dtype: Dtype = field(default="float32", metadata=flag("--dtype", choices=DTYPES, help="weights dtype"))
     device: str | None = field(
         default=None, metadata=flag("--device", help="cpu, cuda or cuda:N; default: the GPU Spark gave the task, else CPU")
     )

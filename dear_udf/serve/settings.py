@@ -29,13 +29,10 @@ from typing import Any
 
 from ..exceptions import ConfigError
 from ..model import ModelSpec
-from ..settings import add_flags, flag, flag_values
+from ..settings import add_flags, default_of, flag, flag_values
 from ..tokenization import Layout
 
 log = logging.getLogger(__name__)
-
-_SCORING_KEYS = ("batch_size", "max_tokens")  # JobConfig fields the server uses as they are
-
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -128,36 +125,21 @@ class ServeConfig:
         return {"layout": self.layout, "batch_size": self.batch_size, "max_tokens": self.max_tokens}
 
 
-def _job_defaults() -> dict[str, Any]:
-    # The job's batch_size and max_tokens, defaults included, are the server's: one definition.
-    from ..config import JobConfig
-
-    fields = {f.name: f for f in dataclasses.fields(JobConfig)}
-    return {name: fields[name].default for name in _SCORING_KEYS}
-
-
 def add_arguments(parser: Any) -> None:
     """The flags of ``dear-rerank serve``: the job's model, layout and micro-batch flags, and
-    ``ServeSettings``' own (their help shows each default, read from its field)."""
-    from ..config import JobConfig
+    ``ServeSettings``' own."""
+    from ..config import SCORER_SETTINGS, JobConfig
 
     parser.add_argument("--config", help="a packaged profile or a YAML file: model:, layout:, batch_size, max_tokens, serve:; flags override it")
     add_flags(parser, ModelSpec)
     add_flags(parser, Layout)
-    for f in dataclasses.fields(JobConfig):
-        if f.name in _SCORING_KEYS:
-            names, kwargs = f.metadata["flag"]
-            parser.add_argument(*names, **{**kwargs, "default": None, "dest": f.name})
-    before = len(parser._actions)
+    add_flags(parser, JobConfig, only=SCORER_SETTINGS)
     add_flags(parser, ServeSettings)
-    defaults = {f.name: f.default for f in dataclasses.fields(ServeSettings)}
-    for action in parser._actions[before:]:
-        action.help = f"{action.help} (default: {defaults[action.dest]})"
 
 
 def config_from_args(args: Any) -> ServeConfig:
     """Merge the YAML file (if any) with the flags given; flags win."""
-    from ..config import load_yaml
+    from ..config import SCORER_SETTINGS, load_yaml
 
     where = getattr(args, "config", None) or "flags"
     base = load_yaml(args.config) if getattr(args, "config", None) else {}
@@ -165,7 +147,7 @@ def config_from_args(args: Any) -> ServeConfig:
         "model": flag_values(args, ModelSpec),
         "layout": flag_values(args, Layout),
         "serve": flag_values(args, ServeSettings),
-        **{name: getattr(args, name) for name in _SCORING_KEYS if getattr(args, name, None) is not None},
+        **{name: getattr(args, name) for name in SCORER_SETTINGS if getattr(args, name, None) is not None},
     }
     return build_serve_config(base, flags, where=where)
 
@@ -173,11 +155,11 @@ def config_from_args(args: Any) -> ServeConfig:
 def build_serve_config(base: Mapping[str, Any], flags: Mapping[str, Any] | None = None, *, where: str = "config") -> ServeConfig:
     """Build a ``ServeConfig`` from YAML values (``base``) and flag values (``flags``, same
     nesting: ``model``, ``layout``, ``serve``, ``batch_size``, ``max_tokens``)."""
-    from ..config import JobConfig, _build, expand_shorthand, merge
+    from ..config import SCORER_SETTINGS, JobConfig, _build, expand_shorthand, merge
 
     values = merge(expand_shorthand(base), {k: v for k, v in (flags or {}).items() if v not in (None, {})})
     job_keys = {f.name for f in dataclasses.fields(JobConfig)}
-    known = {"model", "layout", "serve", *_SCORING_KEYS}
+    known = {"model", "layout", "serve", *SCORER_SETTINGS}
     unknown = sorted(set(values) - known - job_keys)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; serve knows {sorted(known)} and ignores the job's other settings.")
@@ -191,8 +173,9 @@ def build_serve_config(base: Mapping[str, Any], flags: Mapping[str, Any] | None 
     if not model.get("model") and not model.get("adapter"):
         raise ConfigError(f"{where}: missing required setting(s) ['model']; give --model (or --adapter) or model: in the YAML.")
     server_values = dict(values.get("serve") or {})
-    scoring = {**_job_defaults(), **{k: values[k] for k in _SCORING_KEYS if k in values}}
-    for name in _SCORING_KEYS:
+    # The job's batch_size and max_tokens, defaults included, are the server's: one definition.
+    scoring = {name: values[name] if name in values else default_of(JobConfig, name) for name in SCORER_SETTINGS}
+    for name in SCORER_SETTINGS:
         value = scoring[name]
         if not (value is None and name == "max_tokens") and (not _is_int(value) or value < 1):
             raise ConfigError(f"{where}: {name} must be a positive integer, got {value!r}.")

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from .. import schema as S
 from ..config import JobConfig
 from ..exceptions import OutputError
+from ..io.formats import check_input
 from ..io.rules import DELTA_LOG_DIR
 from ..paths import location
 
@@ -45,8 +46,6 @@ def check_paths(config: JobConfig, *, spark: Any = None, spark_delta: bool = Fal
         OutputError: the output folder or a file to write is refused (named, with why).
         InputError: an input path is missing, or a BEIR folder lacks the file needed.
     """
-    from .read import check_input
-
     check_output(config.output, fmt=config.format, run_id=config.run_id, spark=spark)
     if config.format == "delta" and not spark_delta and not location(config.output).is_local:
         raise OutputError(

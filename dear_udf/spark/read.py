@@ -1,12 +1,14 @@
 """Inputs as Spark DataFrames with the canonical columns of ``schema``.
 
-Formats: Parquet, Delta (Spark's reader when the session has Delta, else ``deltalake``),
-catalog tables, JSON Lines, MS MARCO TSV (``id<TAB>text``), TREC run files, TREC qrels and
-BEIR folders. The format is inferred from the path (``io.formats.infer_format``) unless given.
+Formats: Parquet, Delta (Spark's reader when the session has Delta, else the files
+``deltalake`` lists, read by Spark), catalog tables, JSON Lines, MS MARCO TSV
+(``id<TAB>text``), TREC run files, TREC qrels and BEIR folders. The format is inferred from
+the path (``io.formats.infer_format``) unless given, and ``io.formats.check_input`` checks
+the input before anything is read.
 
 Text files, JSON Lines included, are decoded as UTF-8 with invalid bytes replaced by U+FFFD
-(Spark's text reader does this; the local readers do the same), and the job counts such
-texts. Their lines end at ``\\n`` only, as in the local readers (``_lines``). Malformed lines
+(Spark's text reader does this; ``io.rules.decode_line`` does the same without Spark), and
+the job counts such texts. Their lines end at ``\\n`` only (``_lines``). Malformed lines
 (a TREC line without six fields, a TSV line without a tab, a JSON line that is not an
 object) stop the run before scoring, naming the file and the line, and so does a Parquet
 file that cannot be read (``_read_parquet``).
@@ -22,25 +24,10 @@ from .. import schema as S
 from ..config import InputSpec
 from ..exceptions import InputError
 from ..io import rules, text
+from ..io.formats import beir_file, check_input
 from ..paths import location
 
 Kind = Literal["queries", "corpus", "candidates", "qrels"]
-
-BEIR_FILES = {kind: os.path.join(*name.split("/")) for kind, name in rules.BEIR_FILES.items()}
-
-
-def _format(spec: InputSpec) -> str:
-    if spec.format:
-        return spec.format
-    from ..io.formats import infer_format
-
-    return infer_format(spec.path)
-
-
-def _check_exists(path: str) -> None:
-    local = location(path).local
-    if local is not None and not os.path.exists(local):
-        raise InputError(f"{path}: no such file or directory.")
 
 
 def _lines(spark: Any, path: str) -> Any:
@@ -67,7 +54,7 @@ def _shown(path: str, file_name: str) -> str:
     local = location(path).local
     if local is not None and os.path.isfile(local):
         return path
-    return file_name[len("file:"):] if file_name.startswith("file:/") else file_name
+    return location(file_name).local or file_name  # Spark names a local file by its file: URI
 
 
 _BAD, _BAD_FILE, _BAD_LINE = "_bad_reason", "_bad_file", "_bad_line"
@@ -197,36 +184,63 @@ def _unreadable_file(exc: Exception) -> str | None:
 def _read_delta(spark: Any, path: str, spark_delta: bool) -> Any:
     if spark_delta:
         return spark.read.format("delta").load(path)
+    return _read_delta_files(spark, path)
+
+
+# Reader features that change nothing about which rows a table's data files hold: its files
+# read as Parquet are its rows. Others (deletion vectors, column mapping) need Spark's Delta.
+_PLAIN_READER_FEATURES = frozenset({"timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"})
+_FILE = "_dear_file"
+
+
+def _read_delta_files(spark: Any, path: str) -> Any:
+    """A Delta table read without Spark's Delta: ``deltalake`` lists the current data files
+    and Spark reads them, with the Delta schema given (columns added later read as null).
+
+    Partition values come from the Delta log, joined to each file by its name, not from the
+    folder names: Spark would read ``007`` as 7, and a value ``deltalake`` percent-encodes
+    (``é`` as ``%C3%A9``) as other characters.
+    """
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    table = _delta_table(path)
+    schema = pa.schema(table.schema().to_arrow())
+    partitions = table.metadata().partition_columns
+    data = pa.schema([f for f in schema if f.name not in partitions])
+    uris = table.file_uris()
+    if not uris:
+        return spark.createDataFrame([], S.spark_schema(schema))
+    files = spark.read.schema(S.spark_schema(data)).parquet(*uris)
+    if not partitions:
+        return files
+    actions = pa.table(table.get_add_actions(flatten=True))
+    names = [p.rsplit("/", 1)[-1] for p in actions.column("path").to_pylist()]
+    if len(set(names)) < len(names):
+        raise InputError(f"{path}: data files of different partitions share a name; read this table with Spark's Delta.")
+    values = {c: actions.column(f"partition.{c}").cast(schema.field(c).type) for c in partitions}
+    by_file = spark.createDataFrame(pa.table({_FILE: names, **values}))
+    return files.withColumn(_FILE, F.col("_metadata.file_name")).join(F.broadcast(by_file), _FILE).drop(_FILE)
+
+
+def _delta_table(path: str) -> Any:
+    """``deltalake``'s view of the table, refused where its data files are not its rows."""
     from deltalake import DeltaTable
 
-    table = DeltaTable(path)
-    if not table.metadata().partition_columns:
-        # Read the table's current files with Spark: no copy through the driver.
-        return spark.read.parquet(*table.file_uris())
-    return spark.createDataFrame(table.to_pyarrow_table())
-
-
-def check_input(spec: InputSpec, kind: Kind) -> str:
-    """Check, without Spark, that an input's files are there; return its format.
-
-    The job calls this for every input before it reads any (``preflight.py``). Catalog
-    tables and remote URIs are checked when read.
-
-    Raises:
-        InputError: the path does not exist, its format cannot be told, or a BEIR folder
-            lacks the file ``kind`` needs.
-    """
-    fmt = _format(spec)
-    if fmt == "table":
-        return fmt
-    _check_exists(spec.path)
-    if fmt == "beir":
-        if kind == "candidates":
-            raise InputError(f"{spec.path}: a BEIR folder holds no first-stage candidates; give a run file.")
-        inner = location(spec.path).join(BEIR_FILES[kind]).local
-        if inner is not None and not os.path.isfile(inner):
-            raise InputError(f"{spec.path}: this BEIR folder has no {BEIR_FILES[kind]}, needed for {kind}.")
-    return fmt
+    where = location(path).for_deltalake
+    if where is None:
+        raise InputError(f"{path}: deltalake cannot open this store; read it in a session with Spark's Delta (Databricks, or --packages io.delta:delta-spark_2.13).")
+    table = DeltaTable(where)
+    protocol = table.protocol()
+    needs = sorted(set(protocol.reader_features or ()) - _PLAIN_READER_FEATURES)
+    if protocol.min_reader_version == 2 and table.metadata().configuration.get("delta.columnMapping.mode", "none") != "none":
+        needs.append("columnMapping")
+    if needs:
+        raise InputError(
+            f"{path}: this Delta table uses {needs}, which only Spark's Delta reads correctly; "
+            "read it in a session with Spark's Delta (Databricks, or --packages io.delta:delta-spark_2.13)."
+        )
+    return table
 
 
 def _read_raw(spark: Any, spec: InputSpec, kind: Kind, spark_delta: bool) -> Any:
@@ -238,7 +252,7 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind, spark_delta: bool) -> Any
             raise InputError(f"{spec.path}: no such table in this Spark session ({exc}).") from exc
     path = location(spec.path).for_spark
     if fmt == "beir":
-        inner = location(path).join(BEIR_FILES[kind]).for_spark
+        inner = beir_file(spec.path, kind).for_spark
         if kind == "qrels":
             return _read_text(spark, inner, kind, "qrels")
         return _read_jsonl(spark, inner, kind, spec.columns)
@@ -248,11 +262,7 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind, spark_delta: bool) -> Any
         return _read_delta(spark, path, spark_delta)
     if fmt == "jsonl":
         return _read_jsonl(spark, path, kind, spec.columns)
-    if fmt in text.TEXT_FORMATS:
-        if spec.columns:
-            raise InputError(f"{path}: columns {dict(spec.columns)} given, but {fmt!r} files have a fixed layout without column names.")
-        return _read_text(spark, path, kind, fmt)
-    raise InputError(f"{path}: format {fmt!r} cannot be read as {kind}.")
+    return _read_text(spark, path, kind, fmt)
 
 
 def _canonical(df: Any, spec: InputSpec, kind: Kind) -> Any:

@@ -8,10 +8,14 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-# Settings every scoring run needs, whatever the environment:
+from ..config import JobConfig
+from ..settings import default_of
+
+# Settings every scoring run needs, whatever the environment, applied when the session is
+# built (a cluster whose session exists first must carry them: databricks.yml does):
 # - speculation would score a partition twice on the GPU;
-# - worker reuse keeps the per-worker model cache alive across tasks;
-# - Arrow batches bound the rows one call of the scoring function sees.
+# - worker reuse keeps the per-worker model cache alive across tasks.
+# Arrow batches bound the rows one call of the scoring function sees (``scoring_conf``).
 REQUIRED_CONF = {
     "spark.speculation": "false",
     "spark.python.worker.reuse": "true",
@@ -47,7 +51,7 @@ def get_session(
     *,
     master: str | None = None,
     conf: Mapping[str, str] | None = None,
-    arrow_batch_size: int = 10000,
+    arrow_batch_size: int = default_of(JobConfig, "arrow_batch_size"),
     app_name: str = "dear-rerank",
 ) -> Any:
     """Return the active SparkSession, or build one.
@@ -64,11 +68,7 @@ def get_session(
     active = SparkSession.getActiveSession()
     settings = {**(conf or {}), **scoring_conf(arrow_batch_size)}
     if active is not None:
-        for key, value in settings.items():
-            try:
-                active.conf.set(key, value)
-            except Exception:  # noqa: BLE001 - static confs cannot change on a live session
-                pass
+        apply_conf(active, settings)
         return active
     builder = SparkSession.builder.appName(app_name)
     if master:
@@ -82,6 +82,15 @@ def get_session(
     if master and _quiet_launch_wanted():
         _launch_quiet_driver(settings, master=master, app_name=app_name)
     return builder.getOrCreate()
+
+
+def apply_conf(spark: Any, settings: Mapping[str, str]) -> None:
+    """Set ``settings`` on a live session; those fixed when it was built stay as they are."""
+    for key, value in settings.items():
+        try:
+            spark.conf.set(key, value)
+        except Exception:  # noqa: BLE001 - static confs cannot change on a live session
+            pass
 
 
 def executors_on_this_machine(spark: Any) -> bool:

@@ -79,7 +79,7 @@ def start(config: JobConfig, spark: Any = None) -> Run:
     from .. import tracking
     from ..model import check_device, inspect_model, resolve_device
     from . import preflight, score_step
-    from .session import executors_on_this_machine, get_session, has_spark_delta
+    from .session import apply_conf, executors_on_this_machine, get_session, has_spark_delta, scoring_conf
 
     started = time.perf_counter()
     spark = spark or get_session(master=config.master, conf=config.spark_conf, arrow_batch_size=config.arrow_batch_size)
@@ -89,7 +89,7 @@ def start(config: JobConfig, spark: Any = None) -> Run:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, device=resolve_device(config.model.device)))
         check_device(config.model.device)
     info = inspect_model(config.model, config.layout)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.arrow_batch_size))
+    apply_conf(spark, scoring_conf(config.arrow_batch_size))  # also on a session given, not built here
     cache = score_step.cache_target(config, info, spark, spark_delta=spark_delta)
     head = RunHead(
         run_id=config.run_id, model=info.label, output=config.output, format=config.format,

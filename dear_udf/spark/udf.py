@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema as S
-from ..tokenization import Layout
 from ..model import ModelSpec
+from ..tokenization import Layout
 
 # Columns the scoring stage passes through untouched, beside the new score.
 CARRY = (S.QUERY_ID, S.DOC_ID, S.FIRST_STAGE_RANK, S.FIRST_STAGE_SCORE)
