@@ -20,7 +20,7 @@ COMMANDS = {
     "demo": ("dear_udf.demo.command", "run the whole job locally on a tiny offline model and synthetic data"),
     "eval": ("dear_udf.evaluate", "evaluate a run against qrels with ir-measures"),
     "report": ("dear_udf.report", "plot first-stage vs reranked nDCG@10 and the score distribution"),
-    "cache": ("dear_udf.cache.cli", "score cache upkeep: stats, vacuum"),
+    "cache": ("dear_udf.cache.cli", "score cache upkeep: stats, compact, vacuum"),
     "serve": ("dear_udf.serve.cli", "online reranking over HTTP (/rerank, Cohere's and Jina's APIs) on the job's scorer"),
 }
 

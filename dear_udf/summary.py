@@ -68,6 +68,7 @@ class ScoreCounts:
     cache_hits: int  # kept pairs whose score came from the cache
     cache_misses: int
     cache_hit_rate: float
+    cache_lookup_seconds: float  # the lookup and its count: grows with the cache (``cache compact``)
     chunks: list[dict[str, Any]]  # chunk, pairs, seconds
     hit_check: dict[str, Any] | None  # a sample of the hits scored again (cache.check)
     scored_under_other_keys: dict[str, Any]  # tasks that scored elsewhere than expected
@@ -165,7 +166,7 @@ class RunSummary:
             f"candidates read={self.candidates_read} scored={self.pairs_scored} cached={self.cache_hits} "
             f"dropped={sum(self.dropped.values())} accounted={self.accounted}",
             f"cache     hits={self.cache_hits} misses={self.cache_misses} hit rate={self.cache_hit_rate:.1%} "
-            f"chunks={len(self.chunks)} -> {self.cache}" + (" (scratch)" if self.cache_scratch else ""),
+            f"lookup={self.cache_lookup_seconds:.1f}s chunks={len(self.chunks)} -> {self.cache}" + (" (scratch)" if self.cache_scratch else ""),
         ]
         if self.hit_check:
             lines.append(f"hit check {self.hit_check['pairs']} cached scores scored again, largest difference {self.hit_check['max_difference']:.3g}")

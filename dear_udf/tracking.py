@@ -111,7 +111,7 @@ def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
         "output_queries", "queries_in_candidates", "queries_without_candidates",
         "queries_with_nothing_to_rank_count", "model_loads", "oom_splits", "real_tokens",
         "computed_tokens", "computed_per_real_token", "pairs_per_second", "wall_seconds",
-        "cache_hits", "cache_misses", "cache_hit_rate",
+        "cache_hits", "cache_misses", "cache_hit_rate", "cache_lookup_seconds",
     ):
         put(key, summary.get(key))
     for group, prefix in (("rows_read", "rows_read"), ("dropped", "dropped"), ("stage_seconds", "seconds")):

@@ -516,6 +516,149 @@ def test_cache_upkeep_refusals_name_the_problem(tmp_path, capsys):
     assert f"{tmp_path / 'nothing'}: there is no score cache here" in capsys.readouterr().err
 
 
+
+# -- compaction ----------------------------------------------------------------------------
+
+
+def _nights_of_chunks(uri: str, nights: int = 4, chunks: int = 3) -> None:
+    """A cache as nights leave it: one commit per chunk per night, under two scorer keys,
+    some pairs scored twice (two runs at once) with other scores."""
+    for night in range(nights):
+        at = T0 + dt.timedelta(days=night)
+        for chunk in range(chunks):
+            pair_keys = [f"n{night}c{chunk}p{j}" for j in range(5)] + ["twice"]
+            append_entries(uri, _entries(K1, pair_keys, [float(night * 10 + j) for j in range(6)], at=at, run_id=f"n{night}",
+                                         computed_key=[f"c{j}" for j in range(6)]))
+        append_entries(uri, _entries(K2, [f"n{night}-other"], [float(night)], at=at, run_id=f"n{night}"))
+
+
+def _all_rows(uri: str) -> list[tuple]:
+    rows = DeltaTable(uri).to_pyarrow_table(columns=CACHE_ARROW_SCHEMA.names).to_pylist()
+    return sorted(tuple(r[c] for c in CACHE_ARROW_SCHEMA.names) for r in rows)
+
+
+def _stats_but_files(stats: dict) -> dict:
+    return {r["scorer_key"]: {k: v for k, v in r.items() if k not in ("files", "bytes")} for r in stats["scorer_keys"]}
+
+
+def _commit(uri: str, version: int) -> list[dict]:
+    path = Path(uri) / "_delta_log" / f"{version:020d}.json"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_cache_compact_keeps_every_entry_in_fewer_files_and_removes_none_from_disk(tmp_path, capsys):
+    uri = str(tmp_path / "cache")
+    _nights_of_chunks(uri)
+    rows, files = _all_rows(uri), cache_stats(uri)
+    assert {r["scorer_key"]: r["files"] for r in files["scorer_keys"]} == {K1: 12, K2: 4}
+    on_disk = sorted(Path(uri).rglob("*.parquet"))
+
+    assert main(["cache", "compact", uri, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["files_before"], result["files_after"], result["files_removed"], result["files_added"]) == (16, 2, 16, 2)
+    assert result["scorer_keys"] == {K1: {"files_before": 12, "files_after": 1}, K2: {"files_before": 4, "files_after": 1}}
+    assert result["entries_before"] == result["entries_after"] == len(rows) == 4 * 3 * 6 + 4
+    assert _all_rows(uri) == rows  # every entry, duplicates included, column for column
+    assert _stats_but_files(cache_stats(uri)) == _stats_but_files(files)  # first and last nights too, from one file now
+    assert _stats_but_files(files)[K1]["first_run_id"] == "n0" and _stats_but_files(files)[K1]["last_run_id"] == "n3"
+    # One commit that only moves data between files: readers and Delta's own checks see no change.
+    actions = _commit(uri, result["version_after"])
+    assert result["version_after"] == result["version_before"] + 1
+    moved = [a[kind] for a in actions for kind in ("add", "remove") if kind in a]
+    assert len(moved) == 18 and all(m["dataChange"] is False for m in moved)
+    # The files it replaced stay on disk for the nights that listed them, until a vacuum past the retention.
+    assert set(on_disk) <= set(Path(uri).rglob("*.parquet"))
+    from dear_udf.cache import cache_vacuum
+
+    assert cache_vacuum(uri, retention_hours=0, allow_short_retention=True)["files_vacuumed"] == 16
+    assert _all_rows(uri) == rows and len(list(Path(uri).rglob("*.parquet"))) == 2
+
+
+def test_cache_compact_is_idempotent_and_can_take_one_scorer_key(tmp_path, capsys):
+    uri = str(tmp_path / "cache")
+    _nights_of_chunks(uri)
+    rows = _all_rows(uri)
+    assert main(["cache", "compact", uri, "--scorer-key", K2]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{uri}: 16 file(s) -> 13 (4 rewritten into 1) under 1 scorer key(s); 76 entries") and "cache vacuum" in out
+    assert {r["scorer_key"]: r["files"] for r in cache_stats(uri)["scorer_keys"]} == {K1: 12, K2: 1}
+    from dear_udf.cache import cache_compact
+
+    first = cache_compact(uri)
+    again = cache_compact(uri)
+    assert (first["files_after"], again["files_before"], again["files_after"]) == (2, 2, 2)
+    assert (again["files_removed"], again["files_added"]) == (0, 0)
+    assert again["version_after"] == again["version_before"]  # nothing to do: nothing committed
+    assert _all_rows(uri) == rows
+
+
+def test_cache_compact_refusals_name_the_problem(tmp_path, capsys):
+    uri = str(tmp_path / "cache")
+    assert main(["cache", "compact", uri]) == 2
+    assert f"{uri}: there is no score cache here" in capsys.readouterr().err
+    _nights_of_chunks(uri, nights=1)
+    version = cache_stats(uri)["version"]
+    assert main(["cache", "compact", uri, "--scorer-key", "nope"]) == 2
+    assert "a scorer key is 32 lowercase hex characters" in capsys.readouterr().err
+    assert main(["cache", "compact", uri, "--target-mib", "0"]) == 2
+    assert "target_mib must be a positive integer, got 0" in capsys.readouterr().err
+    assert cache_stats(uri)["version"] == version  # untouched
+
+
+def _compact_while(uri: str, stop, results) -> None:
+    """Compact again and again until told to stop; report each outcome."""
+    from dear_udf.cache import cache_compact
+
+    while not stop.is_set():
+        try:
+            got = cache_compact(uri)
+            results.put(("compact", got["files_removed"], None))
+        except Exception as exc:  # reported to the test, which names it
+            results.put(("compact", 0, f"{type(exc).__name__}: {exc}"))
+
+
+def test_compaction_racing_a_nights_appends_loses_no_entry(tmp_path):
+    # A night commits chunk after chunk while `cache compact` runs again and again.
+    uri = str(tmp_path / "cache")
+    _nights_of_chunks(uri, nights=1)
+    expected = {r[1] for r in _all_rows(uri)}
+    ctx = multiprocessing.get_context("spawn")
+    stop, results = ctx.Event(), ctx.Queue()
+    compactor = ctx.Process(target=_compact_while, args=(uri, stop, results))
+    compactor.start()
+    try:
+        for chunk in range(30):
+            pair_keys = [f"racing-{chunk}-{j}" for j in range(20)]
+            append_entries(uri, _entries(K1, pair_keys, [float(j) for j in range(20)], run_id="night"), transaction=("night", chunk))
+            expected.update(pair_keys)
+    finally:
+        stop.set()
+        compactor.join(timeout=120)
+    outcomes = []
+    while not results.empty():
+        outcomes.append(results.get())
+    assert [o for o in outcomes if o[2] is not None] == []
+    assert sum(o[1] for o in outcomes) > 0  # it did compact while the night appended
+    got = read_entries(uri, K1).column("pair_key").to_pylist() + read_entries(uri, K2).column("pair_key").to_pylist()
+    assert len(got) == len(_all_rows(uri))
+    assert {k for k in got} == expected and len([k for k in got if k.startswith("racing-")]) == 30 * 20  # none lost, none doubled
+
+
+def test_a_reader_that_listed_files_before_a_compaction_still_reads_them(tmp_path):
+    import pyarrow.parquet as pq
+
+    from dear_udf.cache import cache_compact
+
+    uri = str(tmp_path / "cache")
+    _nights_of_chunks(uri)
+    listed = DeltaTable(uri).file_uris(partition_filters=[("scorer_key", "=", K1)])  # what a night's lookup lists
+    before = sorted(pq.read_table(listed, columns=["pair_key", "score"]).to_pylist(), key=lambda r: (r["pair_key"], r["score"]))
+    cache_compact(uri)
+    assert len(DeltaTable(uri).file_uris(partition_filters=[("scorer_key", "=", K1)])) == 1
+    after = sorted(pq.read_table(listed, columns=["pair_key", "score"]).to_pylist(), key=lambda r: (r["pair_key"], r["score"]))
+    assert after == before and len(before) == 4 * 3 * 6
+
+
 # -- the check of hits ---------------------------------------------------------------------
 
 

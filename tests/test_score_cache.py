@@ -191,3 +191,40 @@ def test_pick_one_puts_nulls_first_in_every_column_whatever_the_order(spark):
         entries = spark.createDataFrame(raw_entries(rows).drop_columns(["scorer_key"]))
         got = sorted((r.pair_key, r.score, r.pooled_early, r.pooled_in_query) for r in C.pick_one(entries).collect())
         assert got == RAW_PICKS
+
+
+def _commits_of(uri, batches):
+    for batch in batches:
+        append_entries(uri, batch)
+
+
+def test_compaction_keeps_every_pick(spark, tmp_path):
+    from dear_udf.cache import cache_compact
+
+    uri = str(tmp_path / "cache")
+    # Each duplicate in its own commit (its own file), in both orders: the pick must not
+    # depend on which file a row sits in, before or after the files are merged.
+    rows = RAW_DUPLICATES + RAW_DUPLICATES[::-1]
+    _commits_of(uri, [raw_entries([row]).set_column(0, "scorer_key", pa.array([KEY], pa.string())) for row in rows])
+    before = sorted(tuple(r) for r in C.read_cache(spark, uri, scorer_key=KEY, spark_delta=False).collect())
+    assert cache_compact(uri)["files_after"] == 1
+    after = sorted(tuple(r) for r in C.read_cache(spark, uri, scorer_key=KEY, spark_delta=False).collect())
+    assert after == before and sorted((r[0], r[1], r[2], r[3]) for r in before) == RAW_PICKS
+
+
+def test_a_lookup_pinned_before_a_compaction_still_reads_its_snapshot(spark, tmp_path):
+    from dear_udf.cache import cache_compact
+
+    uri = str(tmp_path / "cache")
+    def scores(keys, values):
+        return entries_table(pa.table({"pair_key": keys, "score": pa.array(values, pa.float32()), "computed_key": ["c"] * len(keys)}),
+                             scorer_key=KEY, run_id="r1", scored_at=T0)
+
+    _commits_of(uri, [scores([k], [float(i)]) for i, k in enumerate("abc")])
+    found = _lookup(_pairs(spark, ["a", "b", "c", "d"]), uri)  # lists the table's files now, reads them later
+    # Meanwhile the night commits d, and `cache compact` folds every file, d's too, into one.
+    _commits_of(uri, [scores(["d"], [9.0])])
+    assert cache_compact(uri)["files_after"] == 1
+    assert sorted((r.pair_key, r.score) for r in found.hits.collect()) == [("a", 0.0), ("b", 1.0), ("c", 2.0)]
+    assert [r.pair_key for r in found.misses.collect()] == ["d"]  # the snapshot's miss, not the later commit's hit
+    assert sorted(r.pair_key for r in _lookup(_pairs(spark, ["a", "d"]), uri).hits.collect()) == ["a", "d"]

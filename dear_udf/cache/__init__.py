@@ -2,7 +2,7 @@
 
 Pure Python, pyarrow and deltalake; no pyspark. ``keys`` says what a key hashes,
 ``table`` how entries are stored and appended, ``check`` how a night's hits are checked,
-``upkeep`` the stats and vacuum behind ``dear-rerank cache``. The Spark side (key expressions, lookup, chunk commits)
+``upkeep`` the stats, compaction and vacuum behind ``dear-rerank cache``. The Spark side (key expressions, lookup, chunk commits)
 is ``dear_udf.spark.score_cache``.
 """
 
@@ -34,7 +34,7 @@ from .table import (
     open_cache,
 
 )
-from .upkeep import cache_stats, cache_vacuum, format_stats
+from .upkeep import cache_compact, cache_stats, cache_vacuum, format_stats
 
 __all__ = [
     "CACHE_ARROW_SCHEMA",
@@ -44,6 +44,7 @@ __all__ = [
     "SCORER_KEY",
     "CacheError",
     "append_entries",
+    "cache_compact",
     "cache_stats",
     "cache_vacuum",
     "check_cache",

@@ -1,7 +1,8 @@
-"""``dear-rerank cache stats PATH`` and ``dear-rerank cache vacuum PATH``: score cache upkeep.
+"""``dear-rerank cache stats|compact|vacuum PATH``: score cache upkeep.
 
 Example:
     dear-rerank cache stats /tables/score-cache --json
+    dear-rerank cache compact /tables/score-cache
     dear-rerank cache vacuum /tables/score-cache --keep-scorer-key 5f0c... --older-than-days 30
 """
 
@@ -18,6 +19,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     stats = sub.add_parser("stats", help="entries, size and age per scorer key", description="Entries, size and age per scorer key.")
     stats.add_argument("path", help="the score cache (a Delta table)")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    compact = sub.add_parser(
+        "compact",
+        help="rewrite many small files into few large ones (no entry changes); safe while nights run",
+        description="Rewrite each scorer key's small files (one per chunk of every night) into files of about the "
+        "target size, in one Delta commit that changes no entry. Safe while nights run: their appends commit beside "
+        "it, and a lookup that listed the old files keeps reading them; they stay on disk until `cache vacuum` "
+        "removes them past the retention.",
+    )
+    compact.add_argument("path", help="the score cache (a Delta table)")
+    compact.add_argument("--scorer-key", action="append", dest="keys", metavar="KEY",
+                         help="compact only this scorer key's files (repeatable; default: every key's)")
+    compact.add_argument("--target-mib", type=int, metavar="N",
+                         help="target file size in MiB (default: the table's delta.targetFileSize, else deltalake's 100 MiB)")
+    compact.add_argument("--json", action="store_true", help="print JSON instead of a line")
     vacuum = sub.add_parser(
         "vacuum",
         help="drop entries of other scorer keys or older than N days, then Delta VACUUM",
@@ -41,11 +56,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .upkeep import cache_stats, cache_vacuum, format_stats
+    from .upkeep import cache_compact, cache_stats, cache_vacuum, format_stats
 
     if args.cache_command == "stats":
         stats = cache_stats(args.path)
         print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+        return 0
+    if args.cache_command == "compact":
+        result = cache_compact(args.path, scorer_keys=args.keys, target_mib=args.target_mib)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(f"{result['path']}: {result['files_before']} file(s) -> {result['files_after']} "
+                  f"({result['files_removed']} rewritten into {result['files_added']}) under {len(result['scorer_keys'])} "
+                  f"scorer key(s); {result['entries_after']:,} entries; the old files stay on disk until `cache vacuum`.")
         return 0
     result = cache_vacuum(args.path, keep_scorer_keys=args.keep, drop_scorer_keys=args.drop,
                           older_than_days=args.older_than_days, retention_hours=args.retention_hours,

@@ -1,5 +1,15 @@
-"""Upkeep of a score cache: what it holds (``cache_stats``) and dropping what is no longer
-used (``cache_vacuum``). Both run through ``deltalake`` on the driver, without Spark.
+"""Upkeep of a score cache: what it holds (``cache_stats``), fewer and larger files
+(``cache_compact``) and dropping what is no longer used (``cache_vacuum``). All run
+through ``deltalake`` on the driver, without Spark.
+
+Compaction: every chunk of every night is its own commit, so a month of nights leaves
+hundreds of small files per scorer key, and a lookup opens every one of them.
+``cache_compact`` rewrites them into files of about the target size (Delta's OPTIMIZE).
+Its commit only *replaces* files (``dataChange=false``): the entries are the same, the
+old files leave the table but stay on disk until ``cache_vacuum`` removes them past the
+retention, so a night whose lookup listed them keeps reading them. Appends of a running
+night commit beside it (appends never conflict with a compaction; a compaction that lost
+a commit race retries from the new snapshot, where it may find nothing left to do).
 
 Retention: ``cache_vacuum`` first deletes entries (one Delta commit), then runs Delta's
 VACUUM, which removes the files no longer in the table *and older than the retention*.
@@ -28,6 +38,7 @@ from .. import schema as S
 from .table import SCORED_AT, SCORER, SCORER_KEY, CacheError, check_cache
 
 DELETE_ATTEMPTS = 5
+COMPACT_ATTEMPTS = 5
 # The shortest retention given without ``allow_short_retention``: longer than any night runs.
 MIN_RETENTION_HOURS = 24
 
@@ -66,7 +77,7 @@ def cache_stats(uri: str) -> dict[str, Any]:
     None for entries written before format 2).
 
     Read from the Delta log's per-file statistics and one row of the oldest and the newest
-    file of each key (no scan); a file written without statistics makes its scorer key's
+    entry of each key (the row groups holding them; no scan); a file written without statistics makes its scorer key's
     figures come from a scan of two columns. ``folder_bytes`` counts everything under a
     local path, including files that left the table and wait for ``cache_vacuum``;
     ``table_bytes`` counts the table's current files.
@@ -117,30 +128,52 @@ def cache_stats(uri: str) -> dict[str, Any]:
     }
 
 
-def _first_row(table: Any, path: str, columns: list[str]) -> dict[str, Any]:
-    """The first row of one data file of the table (only ``columns`` it holds)."""
+def _end_row(table: Any, path: str, columns: list[str], *, last: bool) -> dict[str, Any]:
+    """``columns`` (those the file holds) of the file's earliest (or ``last``: latest)
+    scored row.
+
+    A file of one chunk holds one ``scored_at``, but a compacted file holds many nights:
+    only the row group whose statistics reach furthest is read, and of it two or three
+    columns.
+    """
     from urllib.parse import unquote
 
+    import pyarrow.compute as pc
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
     from deltalake.fs import DeltaStorageHandler
 
     fs = pafs.PyFileSystem(DeltaStorageHandler(table.table_uri))
     handle = pq.ParquetFile(fs.open_input_file(unquote(path)))
-    present = [c for c in columns if c in handle.schema_arrow.names]
+    names = handle.schema_arrow.names
+    present = [c for c in columns if c in names]
     if not present or handle.metadata.num_rows == 0:
         return {}
-    return handle.read_row_group(0, columns=present).slice(0, 1).to_pylist()[0]
+    if SCORED_AT not in names:
+        return handle.read_row_group(0, columns=present).slice(0, 1).to_pylist()[0]
+    at = names.index(SCORED_AT)
+    groups = [handle.metadata.row_group(g).column(at).statistics for g in range(handle.metadata.num_row_groups)]
+    if all(g is not None and g.has_min_max for g in groups):
+        ends = [g.max if last else g.min for g in groups]
+        chosen = [ends.index(max(ends) if last else min(ends))]
+    else:
+        chosen = list(range(len(groups)))
+    rows = handle.read_row_groups(chosen, columns=[SCORED_AT, *present])
+    times = rows.column(SCORED_AT)
+    end = pc.max(times) if last else pc.min(times)
+    if not end.is_valid:  # no row has a time: any row says as much
+        return rows.slice(0, 1).select(present).to_pylist()[0]
+    return rows.filter(pc.equal(times, end)).slice(0, 1).select(present).to_pylist()[0]
 
 
 def _described(table: Any, ends: dict[str, Any] | None) -> dict[str, Any]:
-    """``first_run_id``, ``last_run_id`` and ``scorer`` from the oldest and newest files."""
+    """``first_run_id``, ``last_run_id`` and ``scorer`` from the oldest and newest entries."""
     import json
 
     if ends is None:
         return {"first_run_id": None, "last_run_id": None, "scorer": None}
-    first = _first_row(table, ends["first"][1], [S.RUN_ID])
-    last = _first_row(table, ends["last"][1], [S.RUN_ID, SCORER])
+    first = _end_row(table, ends["first"][1], [S.RUN_ID], last=False)
+    last = _end_row(table, ends["last"][1], [S.RUN_ID, SCORER], last=True)
     scorer = last.get(SCORER)
     return {"first_run_id": first.get(S.RUN_ID), "last_run_id": last.get(S.RUN_ID), "scorer": json.loads(scorer) if scorer else None}
 
@@ -292,4 +325,73 @@ def cache_vacuum(
         "retention_hours": retention_hours,  # None: the table's own (168 hours by default)
         "folder_bytes_before": before["folder_bytes"],
         "folder_bytes_after": after["folder_bytes"],
+    }
+
+
+def _file_counts(stats: dict[str, Any]) -> dict[str, int]:
+    return {r[SCORER_KEY]: r["files"] for r in stats["scorer_keys"]}
+
+
+def cache_compact(uri: str, *, scorer_keys: list[str] | None = None, target_mib: int | None = None) -> dict[str, Any]:
+    """Rewrite the small files of each scorer key (or of ``scorer_keys``) into files of
+    about ``target_mib`` MiB, in one Delta commit that changes no entry (``dataChange=false``).
+
+    Safe while nights run: their appends commit beside it, a lookup that listed the old
+    files keeps reading them (they stay on disk until ``cache_vacuum`` past the retention),
+    and running it again does nothing (a key's files already at the target stay as they are).
+
+    Args:
+        uri: the cache.
+        scorer_keys: compact only these keys' files (default: every key's).
+        target_mib: the files' target size (default: the table's ``delta.targetFileSize``,
+            else deltalake's 100 MiB).
+
+    Returns:
+        ``files_before``, ``files_after`` (per scorer key too: ``scorer_keys``),
+        ``files_removed``, ``files_added``, ``entries_before``, ``entries_after`` (an
+        append landing meanwhile adds to the latter), ``table_bytes_before``,
+        ``table_bytes_after``, ``version_before``, ``version_after``.
+
+    Example:
+        >>> cache_compact("/tables/score-cache")  # doctest: +SKIP
+        {'files_before': 212, 'files_after': 9, ...}
+    """
+    from deltalake import CommitProperties
+
+    from ..io.delta_writer import reason, retrying
+
+    keys = None if scorer_keys is None else _check_keys(list(scorer_keys))
+    if keys == []:
+        raise CacheError("scorer_keys is empty: give at least one scorer key, or None for every key.")
+    if target_mib is not None and (not isinstance(target_mib, int) or isinstance(target_mib, bool) or target_mib < 1):
+        raise CacheError(f"target_mib must be a positive integer, got {target_mib!r}.")
+    before = cache_stats(uri)
+    filters = None if keys is None else [(SCORER_KEY, "in", keys)]
+    props = CommitProperties(custom_metadata={"dear_rerank.operation": "cache compact"})
+
+    def attempt(n: int) -> dict[str, Any]:
+        return _existing(uri).optimize.compact(partition_filters=filters, target_size=None if target_mib is None else target_mib * 2**20,
+                                               commit_properties=props)
+
+    def recover(exc: Exception, n: int) -> None:
+        if n == COMPACT_ATTEMPTS:
+            raise CacheError(f"{uri}: compacting the cache failed after {n} attempts ({reason(exc)}).") from exc
+
+    metrics = retrying(attempt, attempts=COMPACT_ATTEMPTS, recover=recover)
+    after = cache_stats(uri)
+    files_before, files_after = _file_counts(before), _file_counts(after)
+    chosen = sorted(files_after if keys is None else set(keys) & set(files_after))
+    return {
+        "path": uri,
+        "scorer_keys": {k: {"files_before": files_before.get(k, 0), "files_after": files_after[k]} for k in chosen},
+        "files_before": sum(files_before.values()),
+        "files_after": sum(files_after.values()),
+        "files_removed": int(metrics.get("numFilesRemoved") or 0),
+        "files_added": int(metrics.get("numFilesAdded") or 0),
+        "entries_before": before["entries"],
+        "entries_after": after["entries"],
+        "table_bytes_before": before["table_bytes"],
+        "table_bytes_after": after["table_bytes"],
+        "version_before": before["version"],
+        "version_after": after["version"],
     }

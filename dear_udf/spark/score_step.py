@@ -194,7 +194,10 @@ def score(run: Any, status: Any, join: JoinCounts) -> tuple[Any, ScoreCounts]:
     with run.stage("score"):
         scoring = _scoring(run)
         pairs = keyed_pairs(status, char_cap=run.info.char_cap)
+        begun = time.perf_counter()
         split = lookup(pairs, uri=target.uri, scorer_key=target.scorer_key, spark_delta=target.spark_delta).counted(run.persist)
+        lookup_seconds = round(time.perf_counter() - begun, 3)
+        log.info("score: cache lookup: %d hits, %d misses in %.1fs", split.hit_count, split.miss_count, lookup_seconds)
         hit_check = check_hits(run, split, pairs, target, scoring)
         parts, chunks = score_misses(run, split, target, scoring)
         scored = union_all([split.hits, *parts])
@@ -211,6 +214,7 @@ def score(run: Any, status: Any, join: JoinCounts) -> tuple[Any, ScoreCounts]:
         cache_hits=split.hit_count,
         cache_misses=split.miss_count,
         cache_hit_rate=round(split.hit_count / kept, 6) if kept else 0.0,
+        cache_lookup_seconds=lookup_seconds,
         chunks=chunks,
         hit_check=hit_check,
         scored_under_other_keys={k: json.loads(v) for k, v in scoring.scorers.value.items() if k != target.scorer_key},
