@@ -162,7 +162,7 @@ class RunSummary:
         """A short human-readable account for the end of the log."""
         lines = [
             f"run {self.run_id}  model {self.model}",
-            f"read      " + ", ".join(f"{k}={v}" for k, v in self.rows_read.items()),
+            "read      " + ", ".join(f"{k}={v}" for k, v in self.rows_read.items()),
             f"candidates read={self.candidates_read} scored={self.pairs_scored} cached={self.cache_hits} "
             f"dropped={sum(self.dropped.values())} accounted={self.accounted}",
             f"cache     hits={self.cache_hits} misses={self.cache_misses} hit rate={self.cache_hit_rate:.1%} "

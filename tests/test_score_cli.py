@@ -16,7 +16,6 @@ import pytest
 
 from dear_udf.testing.reference import DearReference
 from dear_udf.cli import main
-from dear_udf.model import ModelSpec, load_model
 from dear_udf.testing import BOS, EOS
 
 TOL = 1e-4
