@@ -99,7 +99,7 @@ print(json.dumps({
     "sys_path": [os.path.abspath(p or os.curdir) for p in sys.path],
     "with_dear_udf": [os.path.abspath(p or os.curdir) for p in sys.path if os.path.isfile(os.path.join(p or os.curdir, "dear_udf", "__init__.py"))],
     "profiles": profile_names(),
-    "databricks_format": load_yaml("databricks")["format"],
+    "databricks_dtype": load_yaml("databricks")["model"]["dtype"],
     "local_master": load_yaml("local")["master"],
     "discovery_executable": bool(os.stat(str(script)).st_mode & stat.S_IXUSR),
     "log4j": (files("dear_udf") / "conf" / "log4j2-quiet.properties").is_file(),
@@ -120,7 +120,7 @@ def test_the_wheel_installs_alone_with_its_profiles(fresh):
     assert ROOT not in [Path(p).resolve() for p in info["sys_path"]]
     assert [Path(p).resolve() for p in info["with_dear_udf"]] == [fresh.site.resolve()], info["with_dear_udf"]
     assert info["profiles"] == ["databricks", "gpu-cluster", "local"]
-    assert info["databricks_format"] == "delta" and info["local_master"] == "local[2]"
+    assert info["databricks_dtype"] == "bfloat16" and info["local_master"] == "local[2]"
     assert info["discovery_executable"] and info["log4j"]
     assert info["entry_point"] == ["dear_udf.cli:main"]
     assert info["unmet"] == []

@@ -110,7 +110,11 @@ def cache_stats(uri: str) -> dict[str, Any]:
     for key in unstated:  # exact figures for files without statistics
         import pyarrow.compute as pc
 
-        times = table.to_pyarrow_table(partitions=[(SCORER_KEY, "=", key)], columns=[SCORED_AT]).column(SCORED_AT)
+        import pyarrow.dataset as ds
+
+        from ..io.delta_writer import as_dataset
+
+        times = as_dataset(table).to_table(columns=[SCORED_AT], filter=ds.field(SCORER_KEY) == key).column(SCORED_AT)
         low_high = pc.min_max(times).as_py()
         per_key[key].update(entries=len(times), oldest=low_high["min"], newest=low_high["max"])
     for key, row in per_key.items():
@@ -139,11 +143,11 @@ def _end_row(table: Any, path: str, columns: list[str], *, last: bool) -> dict[s
     from urllib.parse import unquote
 
     import pyarrow.compute as pc
-    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
-    from deltalake.fs import DeltaStorageHandler
 
-    fs = pafs.PyFileSystem(DeltaStorageHandler(table.table_uri))
+    from ..io.delta_writer import table_file_system
+
+    fs = table_file_system(table.table_uri)
     handle = pq.ParquetFile(fs.open_input_file(unquote(path)))
     names = handle.schema_arrow.names
     present = [c for c in columns if c in names]

@@ -246,8 +246,10 @@ def open_table(path: str, fmt: str) -> Any:
         from deltalake import DeltaTable
         from deltalake.exceptions import DeltaProtocolError, TableNotFoundError
 
+        from .delta_writer import as_dataset
+
         try:
-            return DeltaTable(path).to_pyarrow_dataset()
+            return as_dataset(DeltaTable(path), path)
         except TableNotFoundError as exc:
             raise InputError(f"{path}: not a Delta table ({exc}).") from exc
         except DeltaProtocolError as exc:  # deletion vectors, column mapping: not read here

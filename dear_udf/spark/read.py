@@ -189,7 +189,6 @@ def _read_delta(spark: Any, path: str, spark_delta: bool) -> Any:
 
 # Reader features that change nothing about which rows a table's data files hold: its files
 # read as Parquet are its rows. Others (deletion vectors, column mapping) need Spark's Delta.
-_PLAIN_READER_FEATURES = frozenset({"timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"})
 _FILE = "_dear_file"
 
 
@@ -227,19 +226,13 @@ def _delta_table(path: str) -> Any:
     """``deltalake``'s view of the table, refused where its data files are not its rows."""
     from deltalake import DeltaTable
 
+    from ..io.delta_writer import check_plain
+
     where = location(path).for_deltalake
     if where is None:
         raise InputError(f"{path}: deltalake cannot open this store; read it in a session with Spark's Delta (Databricks, or --packages io.delta:delta-spark_2.13).")
     table = DeltaTable(where)
-    protocol = table.protocol()
-    needs = sorted(set(protocol.reader_features or ()) - _PLAIN_READER_FEATURES)
-    if protocol.min_reader_version == 2 and table.metadata().configuration.get("delta.columnMapping.mode", "none") != "none":
-        needs.append("columnMapping")
-    if needs:
-        raise InputError(
-            f"{path}: this Delta table uses {needs}, which only Spark's Delta reads correctly; "
-            "read it in a session with Spark's Delta (Databricks, or --packages io.delta:delta-spark_2.13)."
-        )
+    check_plain(table, path)
     return table
 
 
