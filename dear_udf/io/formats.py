@@ -66,9 +66,9 @@ def infer_format(path: str) -> str:
     """Tell an input's format from its path.
 
     Folders: ``_delta_log/`` inside -> ``delta``; ``corpus.jsonl`` inside -> ``beir``;
-    Parquet files inside -> ``parquet``; CSV files inside -> ``csv``. Files, by name: ``.parquet``; ``.jsonl``/``.json``
-    -> ``jsonl``; ``.csv`` -> ``csv``; a name holding ``qrels`` (or inside a ``qrels/`` folder) -> ``qrels``;
-    ``.tsv``/``.txt`` -> ``tsv``; ``.trec``/``.run`` -> ``trec`` (``.gz`` is looked through).
+    Parquet files inside -> ``parquet``; CSV files inside -> ``csv``. Files, by name:
+    ``.parquet``; ``.jsonl``/``.json`` -> ``jsonl``; ``.csv`` -> ``csv``; a name holding
+    ``qrels`` (or inside a ``qrels/`` folder) -> ``qrels``; ``.tsv``/``.txt`` -> ``tsv``; ``.trec``/``.run`` -> ``trec`` (``.gz`` is looked through).
     ``catalog.schema.table`` (no slash, not an existing path) -> ``table``. Remote URIs
     (``s3://...``) are judged by name only; a remote folder needs an explicit format.
 
