@@ -15,7 +15,7 @@ from . import console
 from .exceptions import DearRerankError
 
 COMMANDS = {
-    "score": ("dear_udf.score_file", "score a Parquet file of (query, document) pairs"),
+    "score": ("dear_udf.score_file", "score a file of (query, document) pairs, or a row per query with its documents (Parquet, CSV, JSON Lines)"),
     "run": ("dear_udf.spark.job", "rerank first-stage candidates with Spark and write the top-k"),
     "demo": ("dear_udf.demo.command", "run the whole job locally on a tiny offline model and synthetic data"),
     "eval": ("dear_udf.evaluate", "evaluate a run against qrels with ir-measures"),

@@ -32,7 +32,7 @@ from .schema import check_run_id
 from .settings import add_flags, flag, flag_values
 from .tracking import TrackingSpec, tracking_spec
 
-InputFormat = Literal["parquet", "delta", "table", "jsonl", "tsv", "trec", "qrels", "beir"]
+InputFormat = Literal["parquet", "delta", "table", "jsonl", "csv", "tsv", "trec", "qrels", "beir"]
 INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
 OutputFormat = Literal["delta", "parquet"]
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
@@ -82,9 +82,9 @@ class JobConfig:
 
     # A field with flag(...) metadata has a command line flag (settings.py); every field is
     # a YAML key. ModelSpec (model:), Layout (layout:) and TrackingSpec (mlflow:) declare theirs.
-    queries: InputSpec = field(metadata=flag("--queries", help="queries: Parquet, Delta, table, JSONL, TSV, BEIR folder"))
-    corpus: InputSpec = field(metadata=flag("--corpus", help="documents: Parquet, Delta, table, JSONL, TSV, BEIR folder"))
-    candidates: InputSpec = field(metadata=flag("--candidates", help="first-stage candidates: TREC run, Parquet, Delta, table, JSONL"))
+    queries: InputSpec = field(metadata=flag("--queries", help="queries: Parquet, Delta, table, JSONL, CSV, TSV, BEIR folder"))
+    corpus: InputSpec = field(metadata=flag("--corpus", help="documents: Parquet, Delta, table, JSONL, CSV, TSV, BEIR folder"))
+    candidates: InputSpec = field(metadata=flag("--candidates", help="first-stage candidates: TREC run, Parquet, Delta, table, JSONL, CSV"))
     output: str = field(metadata=flag("--output", help="output table (folder path)"))
     model: ModelSpec
     format: OutputFormat = field(default="delta", metadata=flag("--format", choices=OUTPUT_FORMATS, help="output format"))
@@ -99,7 +99,7 @@ class JobConfig:
         ),
     )
     summary: str | None = field(default=None, metadata=flag("--summary", help="where to write the run summary JSON (default: <output>.<run_id>.summary.json)"))
-    qrels: InputSpec | None = field(default=None, metadata=flag("--qrels", help="optional judgements (TREC qrels, BEIR folder, Parquet) for metrics"))
+    qrels: InputSpec | None = field(default=None, metadata=flag("--qrels", help="optional judgements (TREC qrels, BEIR folder, Parquet, CSV) for metrics"))
     trec_out: str | None = field(default=None, metadata=flag("--trec-out", help="also write the top-k as a TREC run file"))
     batch_size: int = field(default=128, metadata=flag("--batch-size", type=int, help="pairs per micro-batch"))
     max_tokens: int | None = field(default=None, metadata=flag("--max-tokens", type=int, help=_max_tokens_help))

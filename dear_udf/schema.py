@@ -69,6 +69,12 @@ SCORED_PAIRS_SCHEMA = pa.schema(
 SCORE_FILE_SCHEMA = pa.schema(
     [(QUERY_ID, pa.string()), (DOC_ID, pa.string()), (SCORE, pa.float32())]
 )
+# ... and for pairs given a row per query (the model cards' ``queries_docs.csv``): each
+# document by its place in the query's list, ranked.
+DOC_INDEX = "doc_index"
+RANKED_FILE_SCHEMA = pa.schema(
+    [(QUERY_ID, pa.string()), (DOC_INDEX, pa.int32()), (RANK, pa.int32()), (SCORE, pa.float32())]
+)
 
 OUTPUT_ARROW_SCHEMA = pa.schema(
     [

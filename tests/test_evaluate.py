@@ -69,6 +69,16 @@ def test_evaluate_matches_ir_measures_on_the_same_files(files):
     assert ours == pytest.approx(direct)
 
 
+def test_csv_run_and_qrels_evaluate_as_their_trec_files(files, tmp_path):
+    """A run as ``dear-rerank score --out scores.csv`` writes it, and qrels with a header."""
+    run = tmp_path / "scores.csv"
+    run.write_text("query_id,doc_id,score\n" + "".join(f"{q},{d},{s}\n" for q, _, d, _, s, _ in (line.split() for line in RERANKED.splitlines())))
+    qrels = tmp_path / "qrels.csv"
+    qrels.write_text("query-id,corpus-id,score\n" + "".join(f"{q},{d},{r}\n" for q, _, d, r in (line.split() for line in QRELS.splitlines())))
+    result = evaluate(read_run(str(run)), read_local(InputSpec(str(qrels)), "qrels"), MEASURES)
+    assert result["aggregate"] == pytest.approx(_direct(MEASURES, files["qrels.txt"], files["dear.trec"]))
+
+
 def test_known_values_by_hand(files):
     # q1: d4 (rel 2) first, d1 (rel 1) second -> RR 1; q2: d7 at rank 2 -> RR 0.5; q3, q9: 0.
     result = evaluate(read_run(files["dear.trec"]), read_local(InputSpec(files["qrels.txt"]), "qrels"), ["RR@10"])

@@ -94,11 +94,32 @@ def test_rerun_same_run_id_replaces_only_that_run(spark, tiny_models, data, tmp_
     assert sorted(set(both.column(S.RUN_ID).to_pylist())) == ["night-1", "night-2"]
 
 
+def _as_csv(data, directory):
+    """The inputs as CSV files, as a search team's export writes them: candidates under
+    other names (qid, docid, rank, score), the corpus gzipped with a BOM, a title left empty."""
+    import csv
+    import gzip
+
+    names = {"candidates": {"query_id": "qid", "doc_id": "docid", "first_stage_rank": "rank", "first_stage_score": "score"}}
+    paths = {}
+    for kind, suffix in (("queries", ".csv"), ("corpus", ".csv.gz"), ("candidates", ".csv")):
+        table = data[kind]
+        paths[kind] = str(directory / f"{kind}{suffix}")
+        opener = gzip.open if suffix.endswith(".gz") else open
+        with opener(paths[kind], "wt", encoding="utf-8-sig" if kind == "corpus" else "utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow([names.get(kind, {}).get(c, c) for c in table.column_names])
+            writer.writerows(("" if v is None else v for v in row.values()) for row in table.to_pylist())
+    return paths
+
+
 def test_parquet_output_and_rerun(spark, tiny_models, data, tmp_path):
+    """Also the job over CSV inputs (the local and Spark readers' CSV tests: test_parsers.py,
+    test_spark_read.py)."""
     from dear_udf.spark.job import run_job
 
     out = tmp_path / "parquet-out"
-    config = _config(data["paths"], tiny_models["last"], out, format="parquet", top_k=4)
+    config = _config(_as_csv(data, tmp_path), tiny_models["last"], out, format="parquet", top_k=4)
     run_job(config, spark=spark)
     run_job(config, spark=spark)
     table = pq.read_table(out)

@@ -196,3 +196,126 @@ def test_columns_are_found_by_name_alias_or_mapping(kind, present, mapping, chos
 def test_missing_or_misnamed_columns_are_named(kind, present, mapping, message):
     with pytest.raises(rules.ColumnError, match=message):
         rules.resolve_columns(kind, present, mapping)
+
+
+# -- CSV -------------------------------------------------------------------------------------
+# Parsed a file at a time (``text.parse_csv``); the Spark reader hands it each file's bytes
+# in one task. ``read_local`` adds only opening the files and wording the errors.
+
+
+def _local(path, kind, **spec):
+    from dear_udf.config import InputSpec
+    from dear_udf.io import read_local
+
+    return read_local(InputSpec(str(path), **spec), kind).to_pylist()
+
+
+def _local_error(path, kind, **spec) -> str:
+    with pytest.raises(InputError) as info:
+        _local(path, kind, **spec)
+    return str(info.value)
+
+
+def test_csv_quoting_newlines_bom_and_record_lines():
+    data = (
+        "\ufeffquery_id,query\r\n"  # a BOM, CRLF endings
+        '1,"a, b"\r\n'  # a comma inside quotes
+        "\r\n"  # a blank line: no record
+        '2,"she said ""hi""\nand left"\n'  # doubled quotes, a newline inside quotes
+        " 3 ,  spaces kept in the text  \n"
+        '4,""\n'  # an empty text stays empty
+    ).encode()
+    header, records, starts = text.csv_records(data)
+    assert header == ["query_id", "query"]
+    assert records == [["1", "a, b"], ["2", 'she said "hi"\nand left'], [" 3 ", "  spaces kept in the text  "], ["4", ""]]
+    assert starts == [2, 4, 6, 7]  # each record by its first line, blank lines counted
+    assert text.parse_csv(data, "queries", {}).to_pylist() == [
+        {"query_id": "1", "query": "a, b"},
+        {"query_id": "2", "query": 'she said "hi"\nand left'},
+        {"query_id": "3", "query": "  spaces kept in the text  "},  # ids lose their spaces
+        {"query_id": "4", "query": ""},
+    ]
+
+
+def test_csv_invalid_utf8_becomes_replacement_characters():
+    assert text.parse_csv(b"doc_id,text\nd1,caf\xe9 \xe2\x82\n", "corpus", {}).to_pylist() == [
+        {"doc_id": "d1", "title": None, "text": "caf\ufffd \ufffd"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "rows"),
+    [
+        # Pyserini's and BEIR's names; a title column is optional.
+        ("corpus", b"pid,title,contents\nd1,T,one\nd2,,two\n", [("d1", "T", "one"), ("d2", "", "two")]),
+        ("corpus", b"_id,text\n7,seven\n", [("7", None, "seven")]),
+        ("queries", b"id,text\n10,what?\n", [("10", "what?")]),
+        # An empty or unreadable rank or score is missing, as in JSON Lines.
+        ("candidates", b"qid,docid,rank,score\nq1,d1,1,12.5\nq1,d2,,11\nq1,d3,third,x\n",
+         [("q1", "d1", 1, 12.5), ("q1", "d2", None, 11.0), ("q1", "d3", None, None)]),
+        ("qrels", b"query-id,corpus-id,score\nq1,d1,2\n", [("q1", "d1", 2)]),
+    ],
+)
+def test_csv_columns_by_name_and_alias(kind, data, rows):
+    batch = text.parse_csv(data, kind, {})
+    assert batch.schema == S.INPUT_SCHEMAS[kind]
+    assert [tuple(r.values()) for r in batch.to_pylist()] == rows
+
+
+def test_csv_columns_mapped_by_the_inputs_columns_setting():
+    batch = text.parse_csv(b"doc_id,docnum,body\nx,d1,one\n", "corpus", {"doc_id": "docnum"})
+    assert batch.to_pylist() == [{"doc_id": "d1", "title": None, "text": "one"}]
+
+
+@pytest.mark.parametrize(
+    ("data", "line", "reason"),
+    [
+        (b"doc_id,text\nd1,one\nd2,two,three\n", 3, "expected 2 fields (doc_id,text), got 3"),
+        (b"doc_id,text\nd1,\"one\nline two\"\nd2\n", 4, "expected 2 fields (doc_id,text), got 1"),  # after a 2-line record
+        (b"doc_id,text\nd1,one\nd2,\"never closed\nd3,three\n", 3, "a quoted field is not closed before the end of the file"),
+        (b"doc_id,text\nd1,\"quoted\"tail\n", 2, "not valid CSV (',' expected after '\"')"),
+        (b"doc_id,text\nd1,a bare\rCR\n", 2, "not valid CSV (new-line character seen in unquoted field - do you need to open the file in universal-newline mode?)"),
+        (b"doc_id,text\nd1,one\n  ,two\n", 3, "doc_id is empty"),  # an id of spaces names nothing
+        (b"\n\n", 1, "no header row (a CSV input starts with its column names)"),
+    ],
+)
+def test_malformed_csv_records_are_named_by_their_first_line(tmp_path, data, line, reason):
+    with pytest.raises(text.RecordError) as info:
+        text.parse_csv(data, "corpus", {})
+    assert (info.value.line, info.value.reason) == (line, reason)
+    path = tmp_path / "collection.csv"
+    path.write_bytes(data)
+    assert _local_error(path, "corpus") == f"{path}, line {line}: {reason}."
+
+
+def test_csv_header_without_the_columns_a_kind_needs(tmp_path):
+    path = tmp_path / "queries.csv"
+    path.write_bytes(b"qid,question\n1,x\n")
+    assert _local_error(path, "queries") == f"{path}: missing required column(s) ['query'] for queries; columns present: ['qid', 'question']. Map other names with the input's columns setting, e.g. {{'doc_id': 'pid'}}."
+    path.write_bytes(b"qid,text,text\n1,x,y\n")
+    assert _local_error(path, "queries") == f"{path}: the header names a column twice: ['qid', 'text', 'text']."
+
+
+def test_csv_files_gzip_and_folders_read_without_spark(tmp_path):
+    import gzip
+
+    from dear_udf.io import infer_format
+
+    run = tmp_path / "bm25.csv.gz"
+    run.write_bytes(gzip.compress("\ufeffquery_id,doc_id,first_stage_rank\nq1,d1,1\nq1,d2,2\n".encode()))
+    (tmp_path / "qrels.dev.csv").write_bytes(b"query_id,doc_id,relevance\n")
+    assert infer_format(str(run)) == "csv" and infer_format(str(tmp_path / "qrels.dev.csv")) == "csv"
+    assert _local(run, "candidates") == [
+        {"query_id": "q1", "doc_id": "d1", "first_stage_rank": 1, "first_stage_score": None},
+        {"query_id": "q1", "doc_id": "d2", "first_stage_rank": 2, "first_stage_score": None},
+    ]
+    # A folder of CSV files: each file's header names its own columns; hidden files are left out.
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "part-0.csv").write_bytes(b"doc_id,text\nd1,one\n")
+    (folder / "part-1.csv.gz").write_bytes(gzip.compress(b"pid,title,passage\nd2,T,two\n"))
+    (folder / "_SUCCESS").write_bytes(b"")
+    assert infer_format(str(folder)) == "csv"
+    assert _local(folder, "corpus") == [{"doc_id": "d1", "title": None, "text": "one"}, {"doc_id": "d2", "title": "T", "text": "two"}]
+    (folder / "part-2.csv").write_bytes(b"doc_id,text\nd3\n")
+    assert _local_error(folder, "corpus") == f"{folder / 'part-2.csv'}, line 2: expected 2 fields (doc_id,text), got 1."

@@ -209,3 +209,128 @@ def test_progress_bar_with_rate_and_eta_on_a_terminal(tiny_models, tmp_path, mon
     assert all(re.search(rf"\| \d+/{n} \[\d\d:\d\d<\d\d:\d\d, +[\d.]+ pairs/s\]$", f) for f in frames[1:]), frames
     assert len(frames) >= 2 and frames[-1].startswith("scoring: 100%|")
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["pairs"] == n
+
+
+# -- the model cards' batch script: a row per query in, a ranked row per document out ------
+
+import csv  # noqa: E402
+import gzip  # noqa: E402
+
+WIDE = [
+    # query_id, query, documents (texts, or [title, text] pairs)
+    ("q1", "what is a llama, really?", ["The llama is a domesticated camelid.", ["Llama", "camelid " * 5], "", 'a "quoted"\ntwo-line text']),
+    ("q2", "bang! in the query", ["one", "two", ["T", "three"]]),  # pooled inside the query: all tie under first-pad
+    ("q3", "empty list", []),
+    ("q4", "coffee", ["coffee diet " * 300, "coffee diet " * 300, "tea"]),  # the same text twice: a tie
+]
+
+
+def _wide_rows() -> list[tuple[str, int, str, str | None, str]]:
+    """(query_id, doc_index, query, title, text) per document, as the card's list gives them."""
+    out = []
+    for qid, query, documents in WIDE:
+        for index, doc in enumerate(documents):
+            title, text = (None, doc) if isinstance(doc, str) else doc
+            out.append((qid, index, query, title, text))
+    return out
+
+
+def _write_wide(path: Path, fmt: str) -> Path:
+    if fmt == "csv":
+        with open(path, "w", encoding="utf-8", newline="") as fh:  # as pandas' to_csv would write it
+            writer = csv.writer(fh)
+            writer.writerow(["query_id", "query", "documents"])
+            writer.writerows((qid, query, json.dumps(docs)) for qid, query, docs in WIDE)
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps({"query_id": q, "query": t, "documents": d}) + "\n" for q, t, d in WIDE))
+    else:  # Parquet: a JSON text per query (a list column holds one kind of item)
+        pq.write_table(pa.table({"query_id": [w[0] for w in WIDE], "query": [w[1] for w in WIDE], "documents": [json.dumps(w[2]) for w in WIDE]}), path)
+    return path
+
+
+def _read_out(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        return pq.read_table(path).to_pylist()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize(("pairs_name", "out_name"), [("queries_docs.csv", "reranked.csv"), ("queries_docs.jsonl", "reranked.csv.gz"), ("queries_docs.parquet", "reranked.parquet")])
+def test_card_script_wide_layout_ranks_each_querys_documents(tiny_models, tmp_path, capsys, pairs_name, out_name):
+    pairs = _write_wide(tmp_path / pairs_name, pairs_name.rsplit(".", 1)[1])
+    out = tmp_path / out_name
+    assert main(["score", "--model", str(tiny_models["index227"]), "--pairs", str(pairs), "--out", str(out), "--batch-size", "2"]) == 0
+    rows = _read_out(out)
+    assert list(rows[0]) == ["query_id", "doc_index", "rank", "score"]
+    expected = _wide_rows()
+    assert len(rows) == len(expected)
+    reference = DearReference.load(tiny_models["index227"], None, special_tokens="split")
+    ref = reference.score([r[2] for r in expected], [r[3] for r in expected], [r[4] for r in expected])
+    ref_by_doc = {(r[0], r[1]): float(s) for r, s in zip(expected, ref)}
+    got = {(r["query_id"], int(r["doc_index"])): (int(r["rank"]), float(r["score"])) for r in rows}
+    assert set(got) == set(ref_by_doc)  # every document once
+    assert max(abs(got[key][1] - ref_by_doc[key]) for key in got) <= TOL
+    # Each query's documents best first, ranks from 1; equal scores keep list order.
+    for qid, _, documents in WIDE:
+        by_hand = sorted(range(len(documents)), key=lambda i: (-got[(qid, i)][1], i))
+        assert [got[(qid, i)][0] for i in by_hand] == list(range(1, len(documents) + 1))
+    # Rows go query by query in input order, best first within each.
+    assert [(r["query_id"], int(r["rank"])) for r in rows] == [(q, k) for q, _, d in WIDE for k in range(1, len(d) + 1)]
+    # DeAR's ties are kept exactly: q2 pools inside its query, q4 repeats a text.
+    assert len({got[("q2", i)][1] for i in range(3)}) == 1 and [got[("q2", i)][0] for i in range(3)] == [1, 2, 3]
+    assert got[("q4", 0)][1] == got[("q4", 1)][1] and got[("q4", 0)][0] < got[("q4", 1)][0]
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["pairs"] == len(expected) and summary["layout"] == "wide"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_long_layout_csv_in_and_out(tiny_models, tmp_path):
+    pairs = tmp_path / "pairs.csv"
+    with open(pairs, "w", encoding="utf-8-sig", newline="") as fh:  # with a BOM, as Excel writes it
+        writer = csv.writer(fh, lineterminator="\r\n")
+        writer.writerow(["query_id", "doc_id", "query", "title", "text"])
+        writer.writerows(("" if v is None else v for v in row) for row in ROWS)
+    out = tmp_path / "scores.csv"
+    assert main(["score", "--model", str(tiny_models["index227"]), "--pairs", str(pairs), "--out", str(out)]) == 0
+    rows = _read_out(out)
+    assert [(r["query_id"], r["doc_id"]) for r in rows] == [(r[0], r[1]) for r in ROWS]  # input order
+    # A CSV cell cannot say null: None is written as "", which DeAR's layout reads alike.
+    ref = _reference(tiny_models["index227"])
+    assert float(np.max(np.abs(np.array([float(r["score"]) for r in rows]) - ref))) <= TOL
+    # The score written reads back to the very float32 the Parquet output holds.
+    parquet = tmp_path / "scores.parquet"
+    assert main(["score", "--model", str(tiny_models["index227"]), "--pairs", str(pairs), "--out", str(parquet)]) == 0
+    assert [np.float32(r["score"]) for r in rows] == pq.read_table(parquet).column("score").to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "reason"),
+    [
+        ('q1,x,"[""a"", 3]"\n', "line 2", "documents[1] must be a text or a [title, text] pair, got 3"),
+        ('q1,x,"[[""t"", ""a"", ""b""]]"\n', "line 2", 'documents[0] must be a text or a [title, text] pair, got ["t", "a", "b"]'),
+        ('q1,x,"{""a"": 1}"\n', "line 2", "documents must be a JSON list of texts or [title, text] pairs, got dict"),
+        ('q1,x,"[""a"",\n""b"""\n', "line 2", "documents is not JSON (Expecting ',' delimiter: line 2 column 4 (char 9))"),
+        ('q1,x,[]\nq2,y,\n', "line 3", "documents is empty; write [] for a query without documents"),
+        ('q1,x,[]\n  ,y,[]\n', "line 3", "query_id is empty"),
+        ('q1,"x\ny",[]\nq1,z,[]\n', "line 4", "query_id 'q1' again (first at line 2); give each query one row"),
+        ('q1,x,[]\nq2,"y,[]\n', "line 3", "a quoted field is not closed before the end of the file"),
+        ('q1,x\n', "line 2", "expected 3 fields (query_id,query,documents), got 2"),
+    ],
+)
+def test_malformed_wide_rows_are_named_by_file_and_line(tiny_models, tmp_path, capsys, body, where, reason):
+    pairs = tmp_path / "queries_docs.csv"
+    pairs.write_text("query_id,query,documents\n" + body, encoding="utf-8")
+    out = tmp_path / "reranked.csv"
+    assert main(["score", "--model", str(tiny_models["index227"]), "--pairs", str(pairs), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"dear-rerank score: error: {pairs}, {where}: {reason}."
+    assert list(tmp_path.iterdir()) == [pairs]  # nothing written, no temporary file
+
+
+def test_a_failed_score_leaves_the_old_output_and_no_temporary_file(tiny_models, tmp_path, capsys):
+    pairs = _write_wide(tmp_path / "queries_docs.csv", "csv")
+    out = tmp_path / "reranked.csv"
+    out.write_text("yesterday's\n")
+    assert main(["score", "--model", "/no/such/model", "--pairs", str(pairs), "--out", str(out)]) == 2
+    assert "/no/such/model: no such directory" in capsys.readouterr().err
+    assert out.read_text() == "yesterday's\n" and sorted(p.name for p in tmp_path.iterdir()) == ["queries_docs.csv", "reranked.csv"]

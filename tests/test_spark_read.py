@@ -10,6 +10,7 @@ Delta tables read without Spark's Delta.
 from __future__ import annotations
 
 import gzip
+import re
 import json
 
 import pyarrow as pa
@@ -185,3 +186,40 @@ def test_delta_table_whose_files_are_not_its_rows_is_refused(spark, tmp_path):
         f"{path}: this Delta table uses ['deletionVectors'], which only Spark's Delta reads correctly; "
         "read it in a session with Spark's Delta (Databricks, or --packages io.delta:delta-spark_2.13)."
     )
+
+
+def _local_rows(path, kind, **spec):
+    from dear_udf.io import read_local
+
+    table = read_local(InputSpec(str(path), **spec), kind)
+    return sorted((tuple(r[c] for c in COLUMNS[kind]) for r in table.to_pylist()), key=repr)
+
+
+def test_csv_files_are_read_whole_as_without_spark(spark, tmp_path):
+    """A folder of CSV files: quoted newlines (a file is not split at lines), a BOM, CRLF,
+    gzip, a header per file with other names; the rows equal the local reader's."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    body = "".join(f'd{i},"text {i}\r\nline two of {i}, with ""quotes"""\r\n' for i in range(150))  # > one Arrow batch of lines
+    (folder / "part-0.csv").write_bytes(("\ufeffdoc_id,text\r\n" + body).encode())
+    (folder / "part-1.csv.gz").write_bytes(gzip.compress(b"pid,title,contents\n x ,T,caf\xe9\n"))
+    rows = _read(spark, folder, "corpus")
+    assert len(rows) == 151 and rows == _local_rows(folder, "corpus")
+    assert ("d7", None, 'text 7\r\nline two of 7, with "quotes"') in rows and ("x", "T", "caf\ufffd") in rows
+    queries = tmp_path / "queries.csv"
+    queries.write_bytes(b"query_id,question,query\n1,what?,not this\n")
+    assert _read(spark, queries, "queries", columns={"query": "question"}) == [("1", "what?")]
+
+
+def test_a_bad_csv_record_is_named_as_without_spark(spark, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "a.csv").write_bytes(b"qid,docid,rank\nq1,d1,1\n")
+    (folder / "b.csv").write_bytes(b'qid,docid,rank\nq1,"d\n2",2\nq1,d3\n')  # line 4, after a 2-line record
+    message = f"{folder / 'b.csv'}, line 4: expected 3 fields (qid,docid,rank), got 2."
+    assert _error(spark, folder, "candidates") == message
+    with pytest.raises(InputError, match="^" + re.escape(message) + "$"):
+        _local_rows(folder, "candidates")
+    one = tmp_path / "queries.csv"
+    one.write_bytes(b"qid,question\n1,x\n")
+    assert _error(spark, one, "queries") == f"{one}: missing required column(s) ['query'] for queries; columns present: ['qid', 'question']. Map other names with the input's columns setting, e.g. {{'doc_id': 'pid'}}."

@@ -45,6 +45,8 @@ def _format_from_name(path: str) -> str | None:
         return "parquet"
     if name.endswith((".jsonl", ".json")):
         return "jsonl"
+    if name.endswith(".csv"):  # before qrels: "qrels.csv" has a header, not TREC's layout
+        return "csv"
     # Before .tsv/.txt: "qrels.dev.tsv" and BEIR's "qrels/test.tsv" are qrels, not passages.
     if "qrels" in name or parent == "qrels":
         return "qrels"
@@ -64,9 +66,9 @@ def infer_format(path: str) -> str:
     """Tell an input's format from its path.
 
     Folders: ``_delta_log/`` inside -> ``delta``; ``corpus.jsonl`` inside -> ``beir``;
-    Parquet files inside -> ``parquet``. Files, by name: ``.parquet``; ``.jsonl``/``.json``
-    -> ``jsonl``; a name holding ``qrels`` (or inside a ``qrels/`` folder) -> ``qrels``;
-    ``.tsv``/``.txt`` -> ``tsv``; ``.trec``/``.run`` -> ``trec`` (``.gz`` is looked through).
+    Parquet files inside -> ``parquet``; CSV files inside -> ``csv``. Files, by name:
+    ``.parquet``; ``.jsonl``/``.json`` -> ``jsonl``; ``.csv`` -> ``csv``; a name holding
+    ``qrels`` (or inside a ``qrels/`` folder) -> ``qrels``; ``.tsv``/``.txt`` -> ``tsv``; ``.trec``/``.run`` -> ``trec`` (``.gz`` is looked through).
     ``catalog.schema.table`` (no slash, not an existing path) -> ``table``. Remote URIs
     (``s3://...``) are judged by name only; a remote folder needs an explicit format.
 
@@ -103,9 +105,11 @@ def infer_format(path: str) -> str:
             return "beir"
         if any(not f.name.startswith((".", "_")) for f in p.rglob("*.parquet")):
             return "parquet"
+        if any(not f.name.startswith((".", "_")) for f in [*p.rglob("*.csv"), *p.rglob("*.csv.gz")]):
+            return "csv"
         raise InputError(
             f"{path}: cannot tell the folder's format (no {rules.DELTA_LOG_DIR}/, no {rules.BEIR_CORPUS}, "
-            f"no .parquet files); set format to one of {INPUT_FORMATS}."
+            f"no .parquet or .csv files); set format to one of {INPUT_FORMATS}."
         )
     fmt = _format_from_name(path)
     if fmt is None:
@@ -187,6 +191,8 @@ def read_local(spec: InputSpec, kind: str) -> pa.Table:
         table = _read_columns(path, fmt, kind, mapping)
     elif fmt == "jsonl":
         table = _read_jsonl(path, kind, mapping)
+    elif fmt == "csv":
+        table = _read_csv(path, kind, mapping)
     else:
         table = _read_text(path, kind, fmt)
     return _conform(table, kind, path)
@@ -231,6 +237,48 @@ def _read_jsonl(path: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:
     schema = S.INPUT_SCHEMAS[kind]
     batch, _, _ = text.json_batch(lines, {source: schema.field(canonical).type for canonical, source in chosen.items()})
     return pa.Table.from_batches([batch]).rename_columns(list(chosen))
+
+
+def csv_files(path: str) -> list[str]:
+    """A CSV input's files: the file itself, or a folder's files in name order (hidden
+    ones, starting with ``.`` or ``_``, left out as Spark leaves them out)."""
+    if not os.path.isdir(path):
+        return [path]
+    return sorted(
+        str(f) for f in Path(path).rglob("*")
+        if f.is_file() and not any(part.startswith((".", "_")) for part in f.relative_to(path).parts)
+    )
+
+
+def csv_batch(data: bytes, kind: str, mapping: Mapping[str, str], *, path: str) -> pa.RecordBatch:
+    """``text.parse_csv`` of a file's bytes named ``path`` (``.gz``: gzip), with its errors
+    as ``InputError``s naming ``path``: the words of both readers."""
+    try:
+        return text.parse_csv(data, kind, mapping, gz=path.endswith(".gz"))
+    except text.RecordError as exc:
+        raise csv_error(path, exc.line, exc.reason) from None
+    except rules.ColumnError as exc:
+        raise csv_error(path, None, str(exc)) from None
+
+
+def csv_error(path: str, line: int | None, reason: str) -> InputError:
+    """The error of a CSV file: a bad record by its first line, a bad header without one."""
+    return InputError(f"{path}: {reason}") if line is None else text.line_error(path, line, reason)
+
+
+def _read_csv(path: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:
+    """CSV: each file parsed whole by ``text.parse_csv``, as the Spark reader does per task."""
+    batches = []
+    for name in csv_files(path):
+        try:
+            with open(name, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read ({exc}).") from exc
+        batches.append(csv_batch(data, kind, mapping, path=name))
+    if not batches:
+        raise InputError(f"{path}: the folder holds no files.")
+    return pa.Table.from_batches(batches, schema=S.INPUT_SCHEMAS[kind])
 
 
 def open_table(path: str, fmt: str) -> Any:

@@ -82,11 +82,11 @@ def as_run(table_or_df: Any, *, what: str = "run") -> pa.Table:
 
 
 # Formats a run can be read from: a TREC run file, or candidates or reranked rows in a table.
-_RUN_FORMATS = ("trec", "tsv", "jsonl", "parquet", "delta")
+_RUN_FORMATS = ("trec", "tsv", "jsonl", "csv", "parquet", "delta")
 
 
 def read_run(path: str, *, format: str | None = None, run_id: str | None = None) -> pa.Table:
-    """Read a ranked run from a TREC run file, a TSV run, JSON Lines, Parquet or a Delta table.
+    """Read a ranked run from a TREC run file, a TSV run, JSON Lines, CSV, Parquet or a Delta table.
 
     The job's output table holds every night's run in the ``run_id`` partition column; pick
     one with ``run_id``. A table holding several runs and no ``run_id`` is refused rather
@@ -95,7 +95,7 @@ def read_run(path: str, *, format: str | None = None, run_id: str | None = None)
 
     Args:
         path: a local file or folder.
-        format: one of ``trec``, ``tsv``, ``parquet``, ``delta``, ``jsonl``; None infers it.
+        format: one of ``trec``, ``tsv``, ``parquet``, ``delta``, ``jsonl``, ``csv``; None infers it.
         run_id: keep only these rows of a table with a ``run_id`` column.
 
     Returns:
@@ -107,7 +107,7 @@ def read_run(path: str, *, format: str | None = None, run_id: str | None = None)
     spec = InputSpec(path, format=format)
     fmt = check_input(spec, "candidates")
     if fmt not in _RUN_FORMATS:
-        raise InputError(f"{path}: a run must be a TREC run, TSV run, JSON Lines, Parquet or Delta table, got format {fmt!r}.")
+        raise InputError(f"{path}: a run must be a TREC run, TSV run, JSON Lines, CSV, Parquet or Delta table, got format {fmt!r}.")
     where = location(path)
     dataset = open_table(where.local, fmt) if fmt in ("parquet", "delta") and where.is_local else None
     if dataset is None or not {S.SCORE, S.RANK} & set(dataset.schema.names):

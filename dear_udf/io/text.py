@@ -1,10 +1,13 @@
-"""One parser per text format (MS MARCO TSV, TREC runs, TREC and BEIR qrels, JSON Lines), for both paths.
+"""One parser per text format (MS MARCO TSV, TREC runs, TREC and BEIR qrels, JSON Lines, CSV), for both paths.
 
 Nothing here opens a file. The Spark reader hands it the lines of each Arrow batch through
 ``mapInArrow`` (``spark/read.py``); the reader without Spark, a whole file's lines
 (``formats.read_local``). So both give the same rows, the same errors and the same line
 numbers: a bad line is reported as ``"<path>, line <n>: <reason>."``, with ``n`` counted
 from 1 over every line of the file.
+
+CSV is parsed a file at a time, not a line at a time, since a quoted field may hold
+newlines (``parse_csv``, at the end).
 
 The per-line rules (field separators, integer and number fields, blank lines, ids) are
 ``rules.py``'s.
@@ -13,7 +16,7 @@ The per-line rules (field separators, integer and number fields, blank lines, id
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -183,3 +186,114 @@ def _number(value: object, parse: type) -> int | float | None:
         except ValueError:
             return None
     return None
+
+
+# -- CSV -------------------------------------------------------------------------------------
+# RFC 4180 with a header row: fields separated by commas, a field in double quotes may hold
+# commas, newlines and doubled quotes. A file is parsed whole (its quoted fields may span
+# lines), so the Spark reader hands each file's bytes to ``parse_csv`` in one task
+# (``spark/read.py: _read_csv``) and the reader without Spark does the same with the file it
+# opens. A record is named by the line it starts on, counted from 1 over the file's lines
+# (lines end at ``\n``). Each file's header names its own columns: a folder may hold files
+# whose columns are named differently (``qid`` in one, ``query_id`` in another).
+
+
+
+class RecordError(ValueError):
+    """One record of a file does not parse: its first line (from 1) and the reason."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line = line
+        self.reason = reason
+
+
+def csv_records(data: bytes, *, gz: bool = False) -> tuple[list[str], list[list[str]], list[int]]:
+    """The header, the records and each record's first line of a CSV file's bytes.
+
+    The bytes are gunzipped when ``gz`` (a ``.gz`` name), decoded as UTF-8 with invalid
+    bytes as U+FFFD (``rules.decode_line``'s rule) and a leading BOM dropped. Blank lines
+    carry no record. Header names lose surrounding spaces; values are kept as written.
+
+    Raises:
+        RecordError: no header, a record whose field count differs from the header's, a
+            quoted field never closed, or a CR outside quotes.
+
+    Example:
+        >>> csv_records(b'query_id,query\\n1,"a, b"\\n')
+        (['query_id', 'query'], [['1', 'a, b']], [2])
+    """
+    import csv
+    import gzip
+
+    if gz:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise RecordError(1, f"not a readable gzip file ({exc})") from None
+    decoded = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
+    pieces = decoded.split("\n")
+    lines = [piece + "\n" for piece in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+    reader = csv.reader(lines, strict=True)
+    header: list[str] | None = None
+    records: list[list[str]] = []
+    starts: list[int] = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            reason = "a quoted field is not closed before the end of the file" if "unexpected end of data" in str(exc) else f"not valid CSV ({exc})"
+            raise RecordError(start, reason) from None
+        if not row or (len(row) == 1 and rules.is_blank(row[0])):
+            continue
+        if header is None:
+            header = [name.strip(" ") for name in row]
+            continue
+        if len(row) != len(header):
+            raise RecordError(start, f"expected {len(header)} fields ({','.join(header)}), got {len(row)}")
+        records.append(row)
+        starts.append(start)
+    if header is None:
+        raise RecordError(1, "no header row (a CSV input starts with its column names)")
+    return header, records, starts
+
+
+def parse_csv(data: bytes, kind: str, mapping: Mapping[str, str], *, gz: bool = False) -> pa.RecordBatch:
+    """One CSV file's ``kind`` rows (``queries``, ``corpus``, ``candidates``, ``qrels``),
+    with the canonical columns and types of ``schema.INPUT_SCHEMAS[kind]``.
+
+    Columns are chosen from the header by ``rules.resolve_columns`` (names, aliases,
+    ``mapping``). Values are typed as JSON Lines' strings are (``json_value``): an empty or
+    unreadable rank or score is missing (null). Ids lose surrounding spaces, and a record
+    whose id is empty is refused: a CSV cell cannot say null, and an empty id names nothing.
+
+    Raises:
+        rules.ColumnError: the header lacks a column ``kind`` needs.
+        RecordError: see ``csv_records``; also a record with an empty id.
+
+    Example:
+        >>> parse_csv(b"qid,text\\n1,what is a llama\\n", "queries", {}).to_pylist()
+        [{'query_id': '1', 'query': 'what is a llama'}]
+    """
+    header, records, starts = csv_records(data, gz=gz)
+    if len(set(header)) < len(header):
+        raise rules.ColumnError(f"the header names a column twice: {header}.")
+    chosen = rules.resolve_columns(kind, header, mapping)
+    schema = S.INPUT_SCHEMAS[kind]
+    columns = []
+    for field in schema:
+        if field.name not in chosen:
+            columns.append(pa.nulls(len(records), field.type))
+            continue
+        index = header.index(chosen[field.name])
+        values = [record[index] for record in records]
+        if field.name in (S.QUERY_ID, S.DOC_ID):
+            values = [rules.clean_id(v) for v in values]
+            empty = next((n for n, v in enumerate(values) if not v), None)
+            if empty is not None:
+                raise RecordError(starts[empty], f"{chosen[field.name]} is empty")
+        columns.append(pa.array([json_value(v, field.type) for v in values], type=field.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)

@@ -1,7 +1,8 @@
 """Inputs as Spark DataFrames with the canonical columns of ``schema``.
 
 Formats: Parquet, Delta (Spark's reader when the session has Delta, else the files
-``deltalake`` lists, read by Spark), catalog tables, JSON Lines, MS MARCO TSV
+``deltalake`` lists, read by Spark), catalog tables, JSON Lines, CSV (``_read_csv``: one
+task per file), MS MARCO TSV
 (``id<TAB>text``), TREC run files, TREC qrels and BEIR folders. The format is inferred from
 the path (``io.formats.infer_format``) unless given, and ``io.formats.check_input`` checks
 the input before anything is read.
@@ -155,6 +156,51 @@ def _read_jsonl(spark: Any, path: str, kind: str, mapping: Mapping[str, str]) ->
     return lines.mapInArrow(values_of, spark_schema(value_schema))
 
 
+def _read_csv(spark: Any, path: str, kind: str, mapping: Mapping[str, str]) -> Any:
+    """CSV files, each read whole and parsed by ``io.text.parse_csv``, the local reader's
+    parser: the same rows, values and errors (``io.formats.csv_error``).
+
+    A quoted CSV field may hold newlines, so a file cannot be split at lines: Spark reads
+    each file as one ``binaryFile`` row (gunzipped here, for a ``.gz`` name) and one task
+    parses it. So one CSV file is one task, and at most 2 GiB (Spark's limit for a
+    ``binaryFile`` row): split a big CSV into several files to read it in parallel. A
+    folder's files are all read (Spark leaves out names starting with ``.`` or ``_``);
+    each file's header names its own columns. A bad record or header stops the run before
+    scoring, naming the file and the record's first line.
+    """
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    from ..io.formats import csv_error
+    from ..schema import spark_schema
+
+    mapping = dict(mapping)
+    out_schema = pa.schema([*S.INPUT_SCHEMAS[kind], *_MARKS])
+    width = len(S.INPUT_SCHEMAS[kind])
+
+    def parse(batches: Any) -> Any:
+        for batch in batches:
+            for name, data in zip(batch.column("path").to_pylist(), batch.column("content").to_pylist()):
+                try:
+                    yield _with_marks(text.parse_csv(data, kind, mapping, gz=name.endswith(".gz")), out_schema)
+                    continue
+                except text.RecordError as exc:
+                    where = (exc.reason, name, str(exc.line))
+                except rules.ColumnError as exc:
+                    where = (str(exc), name, None)
+                data_columns = [pa.nulls(1, f.type) for f in out_schema][:width]
+                yield pa.RecordBatch.from_arrays([*data_columns, *(pa.array([v], pa.string()) for v in where)], schema=out_schema)
+
+    files = spark.read.format("binaryFile").load(path).select("path", "content")
+    parsed = files.mapInArrow(parse, spark_schema(out_schema))
+    bad = parsed.filter(F.col(_BAD).isNotNull()).select(*[n for n, _ in _MARKS]).collect()
+    if bad:
+        first = min(bad, key=lambda r: (r[_BAD_FILE], int(r[_BAD_LINE] or 0)))
+        line = None if first[_BAD_LINE] is None else int(first[_BAD_LINE])
+        raise csv_error(_shown(path, first[_BAD_FILE]), line, first[_BAD])
+    return parsed.drop(*[n for n, _ in _MARKS])
+
+
 def _read_parquet(spark: Any, path: str) -> Any:
     """Parquet files, with every file's footer read now (``mergeSchema``).
 
@@ -255,6 +301,8 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind, spark_delta: bool) -> Any
         return _read_delta(spark, path, spark_delta)
     if fmt == "jsonl":
         return _read_jsonl(spark, path, kind, spec.columns)
+    if fmt == "csv":
+        return _read_csv(spark, path, kind, spec.columns)
     return _read_text(spark, path, kind, fmt)
 
 
@@ -262,8 +310,10 @@ def _canonical(df: Any, spec: InputSpec, kind: Kind) -> Any:
     """Rename to canonical columns, cast ids to string, and check required columns."""
     from pyspark.sql import functions as F
 
+    # CSV's parser has applied the mapping already, file by file (each has its own header).
+    mapping = {} if check_input(spec, kind) == "csv" else dict(spec.columns)
     try:
-        chosen = rules.resolve_columns(kind, df.columns, dict(spec.columns))
+        chosen = rules.resolve_columns(kind, df.columns, mapping)
     except rules.ColumnError as exc:
         raise InputError(f"{spec.path}: {exc}") from exc
     selected = [F.col(f"`{source}`").alias(canonical) for canonical, source in chosen.items()]
