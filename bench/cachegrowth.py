@@ -25,7 +25,8 @@ For each cache size of ``--cache-entries`` (default 10^5, 10^6 and 10^7 entries)
    pairs against the same entries written in ONE commit, written over the nights
    (``nights``), and that cache after ``cache_compact`` (``compacted``); with ``--sorted``
    also after compacting with the rows sorted by pair key (``sorted``: what a layout for
-   min/max skipping would be). Repeats interleaved (``--lookup-repeats``).
+   min/max skipping would be). Repeats interleaved (``--lookup-repeats``), every other one
+   in reverse order.
 4. **pace**: the in-process ``Scorer`` (job defaults, ``torch`` threads = the master's
    cores) on the first misses of the largest night, tiny model and the CPU benchmark's
    ``quick`` model (~30x slower): the seconds the night's misses would cost at the scorer's
@@ -450,7 +451,10 @@ class Bench:
             status, _ = steps.join(run, inputs, read)
             kept = score_step.keyed_pairs(status, char_cap=run.info.char_cap)
             for repeat in range(repeats):
-                for label, uri in variants.items():
+                # Every other repeat in reverse order: the first lookup of a session also
+                # warms the JVM, which must not always count against the same layout.
+                order = list(variants.items()) if repeat % 2 == 0 else list(variants.items())[::-1]
+                for label, uri in order:
                     held: list[Any] = []
 
                     def persist(df: Any) -> Any:
