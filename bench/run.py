@@ -15,7 +15,10 @@ Scenarios, one module each:
 - ``--mode noise``: how far the batch alone moves one scorer's scores, per dtype: the
   ground of the score cache's check of hits (``bench/noise.py``);
 - ``--mode serve`` (CPU, needs the serve extra): ``dear-rerank serve`` under 1, 4 and 16
-  concurrent clients against the in-process scorer on the same pairs (``bench/serve.py``).
+  concurrent clients against the in-process scorer on the same pairs (``bench/serve.py``);
+- ``--mode cachegrowth`` (CPU, needs pyspark): nights against score caches of 10^5 to 10^7
+  entries filled over a month of commits: the lookup's time, files and memory, and the
+  lookup after ``cache compact`` against a cache written in one commit (``bench/cachegrowth.py``).
 
 A scenario module has ``MODES``, ``add_arguments(parser)``, ``finish_args(args, parser)``
 and ``run(args, command) -> report``; adding one is one line in ``SCENARIOS``. Shared
@@ -31,6 +34,7 @@ Examples:
     python bench/run.py --mode overhead --overhead-pairs 1000 --runs 8
     python bench/run.py --mode noise
     python bench/run.py --mode serve --clients 1,4,16 --serve-requests 48 --threads 1
+    python bench/run.py --mode cachegrowth --cache-entries 100000,1000000 --night-pairs 100000,1000000
 """
 
 from __future__ import annotations
@@ -43,9 +47,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/run.py` runs from bench/
 
-from bench import common, nightly, noise, overhead, scaling, scoring, serve  # noqa: E402
+from bench import cachegrowth, common, nightly, noise, overhead, scaling, scoring, serve  # noqa: E402
 
-SCENARIOS = {mode: module for module in (scoring, scaling, nightly, overhead, noise, serve) for mode in module.MODES}
+SCENARIOS = {mode: module for module in (scoring, scaling, nightly, overhead, noise, serve, cachegrowth) for mode in module.MODES}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
