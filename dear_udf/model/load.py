@@ -35,6 +35,9 @@ class LoadedModel:
     revision: str | None
     load_seconds: float
     files: list[str] = field(default_factory=list)
+    # Several adapters over one base (``adapters.AdapterBank``): swaps this one's weights
+    # in; the scorer calls it before every forward pass. None for a model of its own.
+    activate: Any = None
 
     @property
     def label(self) -> str:
