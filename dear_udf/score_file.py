@@ -19,6 +19,7 @@ from . import schema as S
 from .config import SCORER_SETTINGS, JobConfig
 from .exceptions import InputError
 from .model import ModelSpec
+from .model.spec import model_flag_values
 from .paths import location
 from .settings import add_flags, flag_values
 from .tokenization import Layout
@@ -73,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
     from .scorer import Scorer
 
     table = read_pairs(args.pairs)
-    loaded = load_model(ModelSpec(**{"model": None, **flag_values(args, ModelSpec)}))
+    loaded = load_model(ModelSpec(**{"model": None, **model_flag_values(args)}))
     scoring = {name: getattr(args, name) for name in SCORER_SETTINGS if getattr(args, name) is not None}
     scorer = Scorer(loaded, layout=Layout(**flag_values(args, Layout)), **scoring)
     # Chunks as the Spark job's Arrow batches, whole queries each (see whole_queries): the
