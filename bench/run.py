@@ -15,7 +15,9 @@ Scenarios, one module each:
 - ``--mode noise``: how far the batch alone moves one scorer's scores, per dtype: the
   ground of the score cache's check of hits (``bench/noise.py``);
 - ``--mode serve`` (CPU, needs the serve extra): ``dear-rerank serve`` under 1, 4 and 16
-  concurrent clients against the in-process scorer on the same pairs (``bench/serve.py``).
+  concurrent clients against the in-process scorer on the same pairs (``bench/serve.py``);
+- ``--mode adapters`` (CPU): three LoRA adapters over one base in one process against one
+  process per adapter: time, peak memory, and the scores' bits (``bench/adapters.py``).
 
 A scenario module has ``MODES``, ``add_arguments(parser)``, ``finish_args(args, parser)``
 and ``run(args, command) -> report``; adding one is one line in ``SCENARIOS``. Shared
@@ -31,6 +33,7 @@ Examples:
     python bench/run.py --mode overhead --overhead-pairs 1000 --runs 8
     python bench/run.py --mode noise
     python bench/run.py --mode serve --clients 1,4,16 --serve-requests 48 --threads 1
+    python bench/run.py --mode adapters --adapter-pairs 400 --threads 2
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/run.py` runs from bench/
 
-from bench import common, nightly, noise, overhead, scaling, scoring, serve  # noqa: E402
+from bench import adapters, common, nightly, noise, overhead, scaling, scoring, serve  # noqa: E402
 
-SCENARIOS = {mode: module for module in (scoring, scaling, nightly, overhead, noise, serve) for mode in module.MODES}
+SCENARIOS = {mode: module for module in (scoring, scaling, nightly, overhead, noise, serve, adapters) for mode in module.MODES}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -315,3 +315,10 @@ def test_an_output_table_written_before_the_adapter_column_keeps_working(spark, 
     rows = DeltaTable(str(out)).to_pyarrow_table().to_pylist()
     assert [r[S.ADAPTER] for r in rows if r[S.RUN_ID] == "night-0"] == [None]
     assert {r[S.RUN_ID] for r in rows} == {"night-0", "night-1"} and all(r[S.ADAPTER] is None for r in rows)
+
+
+def test_the_score_command_refuses_named_adapters_instead_of_scoring_the_base(adapters, tmp_path):
+    from dear_udf.model import ModelSpec, load_model
+
+    with pytest.raises(ConfigError, match=r"named adapters \['a', 'b'\] are scored by the job"):
+        load_model(ModelSpec(model=str(adapters["base_dir"]), adapters={"a": str(adapters["med"]), "b": str(adapters["law"])}))

@@ -67,6 +67,13 @@ def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per executor load only clutters job logs
+    if spec.adapters:
+        from ..exceptions import ConfigError
+
+        raise ConfigError(
+            f"named adapters {list(spec.adapter_names)} are scored by the job (dear-rerank run --side-by-side or "
+            "--adapter-column); here give one unnamed --adapter PATH."
+        )
     start = time.perf_counter()
     device = resolve_device(device or spec.device)
     check_device(device)
