@@ -37,7 +37,7 @@ from bench.common import finish_cpu_args, load_average, new_report, print_header
 
 MODES = ("adapters",)
 ADAPTERS = ("medical", "legal", "general")
-DEFAULT_SHAPE = "hidden_size=512,intermediate_size=1408,num_hidden_layers=8,num_attention_heads=8,num_key_value_heads=8"
+DEFAULT_SHAPE = "hidden_size=512,intermediate_size=1408,layers=8,heads=8,kv_heads=8"
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -201,7 +201,9 @@ def read_inputs(run: Run) -> tuple[Inputs, ReadCounts]:
             corpus=run.persist(read.read_input(run.spark, config.corpus, "corpus", spark_delta=run.spark_delta)),
             candidates=run.persist(read.read_input(run.spark, config.candidates, "candidates", spark_delta=run.spark_delta)),
         )
-        unique = {"queries": (S.QUERY_ID, [S.QUERY]), "corpus": (S.DOC_ID, [S.TITLE, S.TEXT])}
+        # A query id repeated with two routing values would be routed at random: a conflict too.
+        routed = [config.adapter_column] if config.adapter_column else []
+        unique = {"queries": (S.QUERY_ID, [S.QUERY, *routed]), "corpus": (S.DOC_ID, [S.TITLE, S.TEXT])}
         counts = collect_row([  # one Spark action for every count of the three inputs
             input_counts(inputs.queries, "queries", text_columns=(S.QUERY,), id_column=S.QUERY_ID),
             input_counts(inputs.corpus, "corpus", text_columns=(S.TITLE, S.TEXT), id_column=S.DOC_ID),
