@@ -19,6 +19,8 @@ Scenarios, one module each:
 - ``--mode cachegrowth`` (CPU, needs pyspark): nights against score caches of 10^5 to 10^7
   entries filled over a month of commits: the lookup's time, files and memory, and the
   lookup after ``cache compact`` against a cache written in one commit (``bench/cachegrowth.py``).
+- ``--mode adapters`` (CPU): three LoRA adapters over one base in one process against one
+  process per adapter: time, peak memory, and the scores' bits (``bench/adapters.py``).
 
 A scenario module has ``MODES``, ``add_arguments(parser)``, ``finish_args(args, parser)``
 and ``run(args, command) -> report``; adding one is one line in ``SCENARIOS``. Shared
@@ -35,6 +37,7 @@ Examples:
     python bench/run.py --mode noise
     python bench/run.py --mode serve --clients 1,4,16 --serve-requests 48 --threads 1
     python bench/run.py --mode cachegrowth --cache-entries 100000,1000000 --night-pairs 100000,1000000
+    python bench/run.py --mode adapters --adapter-pairs 400 --threads 2
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/run.py` runs from bench/
 
-from bench import cachegrowth, common, nightly, noise, overhead, scaling, scoring, serve  # noqa: E402
+from bench import adapters, cachegrowth, common, nightly, noise, overhead, scaling, scoring, serve  # noqa: E402
 
-SCENARIOS = {mode: module for module in (scoring, scaling, nightly, overhead, noise, serve, cachegrowth) for mode in module.MODES}
+SCENARIOS = {mode: module for module in (scoring, scaling, nightly, overhead, noise, serve, cachegrowth, adapters) for mode in module.MODES}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

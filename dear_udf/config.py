@@ -28,6 +28,7 @@ from typing import Any, Literal, get_args
 from .exceptions import ConfigError
 from .tokenization import Layout
 from .model import ModelSpec
+from .model.spec import BASE_ADAPTER, model_flag_values
 from .schema import check_run_id
 from .settings import add_flags, flag, flag_values
 from .tracking import TrackingSpec, tracking_spec
@@ -123,6 +124,21 @@ class JobConfig:
     )
     chunk_pairs: int = field(default=500_000, metadata=flag("--chunk-pairs", type=int, help="pairs to score per chunk; each chunk's scores are committed to the cache"))
     task_pairs: int = field(default=50_000, metadata=flag("--task-pairs", type=int, help="pairs per scoring task, so a retried task costs little"))
+    adapter_column: str | None = field(
+        default=None,
+        metadata=flag("--adapter-column", metavar="COLUMN", help="routing: the queries' column naming each query's adapter (of the named --adapter NAME=PATH)"),
+    )
+    default_adapter: str | None = field(
+        default=None, metadata=flag("--default-adapter", metavar="NAME", help="routing: the adapter of queries whose --adapter-column is empty")
+    )
+    side_by_side: bool = field(
+        default=False,
+        metadata=flag("--side-by-side", action="store_true", help="score every kept pair under each named adapter; one top-k per adapter, told apart by the adapter column"),
+    )
+    side_by_side_base: bool = field(
+        default=False,
+        metadata=flag("--side-by-side-base", action="store_true", help=f"with --side-by-side, also score the base model alone, as adapter '{BASE_ADAPTER}'"),
+    )
 
     def __post_init__(self) -> None:
         for name in ("top_k", "depth", "batch_size", "arrow_batch_size", "max_tokens", "scoring_partitions", "chunk_pairs", "task_pairs"):
@@ -145,11 +161,64 @@ class JobConfig:
             raise ConfigError(f"cache must be a path to a Delta table folder, got {self.cache!r}.")
         if not isinstance(self.spark_conf, Mapping):
             raise ConfigError(f"spark_conf must be a mapping of Spark setting to value, got {self.spark_conf!r}.")
+        self._check_adapters()
+
+    def _check_adapters(self) -> None:
+        """Routing and side by side need named adapters, and exclude each other."""
+        names = self.model.adapter_names if isinstance(self.model, ModelSpec) else ()
+        for flag_name, given in (("adapter_column", self.adapter_column), ("default_adapter", self.default_adapter)):
+            if given is not None and (not isinstance(given, str) or not given.strip()):
+                raise ConfigError(f"{flag_name} must be a non-empty name, got {given!r}.")
+        for flag_name in ("side_by_side", "side_by_side_base"):
+            if not isinstance(getattr(self, flag_name), bool):
+                raise ConfigError(f"{flag_name} must be true or false, got {getattr(self, flag_name)!r}.")
+        asked = [f"--{n.replace('_', '-')}" for n in ("adapter_column", "default_adapter", "side_by_side", "side_by_side_base") if getattr(self, n)]
+        if asked and not names:
+            raise ConfigError(f"{', '.join(asked)} need named adapters (--adapter NAME=PATH, or model: adapters: in the YAML); none are named.")
+        if self.adapter_column and self.side_by_side:
+            raise ConfigError("adapter_column (routing: one adapter per query) and side_by_side (every adapter for every query) exclude each other; pick one.")
+        if self.side_by_side_base and not self.side_by_side:
+            raise ConfigError("side_by_side_base scores the base beside the adapters: it needs side_by_side.")
+        if self.default_adapter is not None and not self.adapter_column:
+            raise ConfigError("default_adapter serves queries without a routing value: it needs adapter_column.")
+        if self.default_adapter is not None and self.default_adapter not in names:
+            raise ConfigError(f"default_adapter {self.default_adapter!r} is not a named adapter; named: {list(names)}.")
+        if self.side_by_side_base and BASE_ADAPTER in names:
+            raise ConfigError(f"an adapter is named {BASE_ADAPTER!r}, the name side_by_side_base gives the base model alone; rename it.")
+        if len(names) > 1 and not (self.adapter_column or self.side_by_side):
+            raise ConfigError(
+                f"{len(names)} named adapters {list(names)}: say how to use them, --adapter-column COLUMN (each query "
+                "reranked by its own adapter) or --side-by-side (every query by each adapter)."
+            )
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """The adapters the run scores under, in order (side by side: the base last, as
+        ``base``); empty for a run with one unnamed model."""
+        return self.model.adapter_names + ((BASE_ADAPTER,) if self.side_by_side_base else ())
 
     @property
     def summary_path(self) -> str:
         """Where the run summary goes: beside the table, never inside it."""
         return self.summary or default_summary_path(self.output, self.run_id)
+
+
+def trec_paths(config: JobConfig) -> dict[str | None, str]:
+    """Where ``--trec-out`` writes: one file, or side by side one TREC run per adapter, the
+    adapter's name before the extension (``run.trec`` -> ``run.medical.trec``), as
+    ``trec_eval`` and ``ir_measures`` compare runs file by file. Empty without ``--trec-out``.
+
+    Example:
+        >>> trec_paths(config)  # --trec-out out/run.trec --side-by-side, adapters med, law
+        {'med': 'out/run.med.trec', 'law': 'out/run.law.trec'}
+    """
+    if not config.trec_out:
+        return {}
+    if not config.side_by_side:
+        return {None: config.trec_out}
+    head, slash, name = config.trec_out.rpartition("/")
+    stem, dot, ext = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
+    return {adapter: f"{head}{slash}{stem}.{adapter}{dot}{ext}" for adapter in config.adapter_names}
 
 
 def default_summary_path(output: str, run_id: str) -> str:
@@ -303,7 +372,7 @@ def config_from_args(args: Any) -> JobConfig:
     for name in _INPUTS:
         if name in flags and name in base:
             flags[name] = {"path": flags[name]}
-    flags["model"] = flag_values(args, ModelSpec) or None
+    flags["model"] = model_flag_values(args) or None
     flags["layout"] = flag_values(args, Layout) or None
     tracking = flag_values(args, TrackingSpec)
     if tracking:
@@ -313,7 +382,7 @@ def config_from_args(args: Any) -> JobConfig:
     values = merge(base, flags)
     model_values = values.get("model") or {}
     if isinstance(model_values, dict):  # anything else is refused by name below
-        if not model_values.get("model") and not model_values.get("adapter"):
+        if not model_values.get("model") and not model_values.get("adapter") and not model_values.get("adapters"):
             model_values = {}
         values["model"] = model_values or None
     return build_job_config(values, where=getattr(args, "config", None) or "flags")

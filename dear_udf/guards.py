@@ -62,10 +62,11 @@ def check_scored(join: JoinCounts, score: ScoreCounts, *, run_id: str, examples:
         examples: a few ``query/doc=score`` strings to show.
     """
     prefix = f"run_id={run_id!r}"
-    if score.pairs_scored + score.cache_hits != join.candidates_kept:
+    if score.pairs_scored + score.cache_hits != join.candidates_kept * score.adapters_per_pair:
+        under = f" under each of {score.adapters_per_pair} adapters" if score.adapters_per_pair > 1 else ""
         raise RunRefusedError(
             f"{prefix}: scored {score.pairs_scored} pairs and found {score.cache_hits} in the cache "
-            f"but kept {join.candidates_kept}; refusing to write."
+            f"but kept {join.candidates_kept}{under}; refusing to write."
         )
     if score.non_finite_scores:
         shown = f" (e.g. {', '.join(examples)})" if examples else ""

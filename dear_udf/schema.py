@@ -20,6 +20,8 @@ FIRST_STAGE_RANK = "first_stage_rank"
 FIRST_STAGE_SCORE = "first_stage_score"
 RUN_ID = "run_id"
 MODEL = "model"
+# The named adapter that ranked an output row (null for a run without named adapters).
+ADAPTER = "adapter"
 RELEVANCE = "relevance"
 # Per scored pair: pooled before its last real token / on its query alone (tokenization.Encoded).
 POOLED_EARLY = "pooled_early"
@@ -38,6 +40,7 @@ OUTPUT_COLUMNS = (
     FIRST_STAGE_SCORE,
     RUN_ID,
     MODEL,
+    ADAPTER,
 )
 
 # The inputs as every reader returns them (ids are strings whatever the source held).
@@ -86,8 +89,23 @@ OUTPUT_ARROW_SCHEMA = pa.schema(
         (FIRST_STAGE_SCORE, pa.float64()),
         (RUN_ID, pa.string()),
         (MODEL, pa.string()),
+        (ADAPTER, pa.string()),
     ]
 )
+# Columns added to the output since its first version: a table written before them is
+# still this job's (``output_schema_difference``); the next write adds them, null in the
+# rows written before.
+ADDED_OUTPUT_COLUMNS = (ADAPTER,)
+
+
+def output_schema_difference(actual: pa.Schema, expected: pa.Schema | None = None) -> str | None:
+    """``schema_difference`` against the output schema (or ``expected``, the output's
+    without some column), accepting a table written before ``ADDED_OUTPUT_COLUMNS``."""
+    expected = expected if expected is not None else OUTPUT_ARROW_SCHEMA
+    added = [n for n in ADDED_OUTPUT_COLUMNS if n in expected.names and n not in actual.names]
+    for name in added:
+        expected = expected.remove(expected.get_field_index(name))
+    return schema_difference(actual, expected)
 
 
 def spark_schema(arrow_schema: pa.Schema):  # -> pyspark.sql.types.StructType

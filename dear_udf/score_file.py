@@ -38,6 +38,7 @@ from . import schema as S
 from .config import SCORER_SETTINGS, JobConfig
 from .exceptions import InputError
 from .model import ModelSpec
+from .model.spec import model_flag_values
 from .paths import location
 from .settings import add_flags, flag_values
 from .tokenization import Layout
@@ -230,7 +231,7 @@ def main(args: argparse.Namespace) -> int:
     pairs = read_pairs(args.pairs)
     table = pairs.table
     with StagedFile(args.out) as staged:  # the folder is checked before the model is loaded
-        loaded = load_model(ModelSpec(**{"model": None, **flag_values(args, ModelSpec)}))
+        loaded = load_model(ModelSpec(**{"model": None, **model_flag_values(args)}))
         scoring = {name: getattr(args, name) for name in SCORER_SETTINGS if getattr(args, name) is not None}
         scorer = Scorer(loaded, layout=Layout(**flag_values(args, Layout)), **scoring)
         # Chunks as the Spark job's Arrow batches, whole queries each (see whole_queries): the

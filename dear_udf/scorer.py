@@ -276,6 +276,9 @@ class Scorer:
         self._prefix_ids_held = max(1, PREFIX_STATE_BYTES // state_bytes_per_id(self.model.config, element_size))
         self.encoder = PairEncoder(loaded.tokenizer, self.layout, pool_pad_id=loaded.pool_pad_id, pad_id=loaded.pad_id)
         self.backbone = getattr(self.model, self.model.base_model_prefix)
+        self._activate = getattr(loaded, "activate", None)
+        if self._activate is not None:  # the head below is this adapter's
+            self._activate()
         head = self.model.score
         self._head_weight = head.weight.detach().float()
         self._head_bias = None if head.bias is None else head.bias.detach().float()
@@ -345,6 +348,8 @@ class Scorer:
         import torch
 
         start = time.perf_counter()
+        if self._activate is not None:  # one of several adapters sharing the base's weights
+            self._activate()
         slots: dict[tuple, int] = {}
         which: list[int] = []  # row -> index of the first row computing the same positions
         unique: list[int] = []

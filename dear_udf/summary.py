@@ -83,6 +83,19 @@ class ScoreCounts:
     real_tokens: int
     computed_tokens: int
     pairs_per_second: float
+    # Side by side: every kept pair is scored under each adapter, so scores = kept x this.
+    adapters_per_pair: int = 1
+
+
+@dataclass(frozen=True)
+class AdapterCounts:
+    """Per named adapter (``score_step.score``): its model label and scorer key, the kept
+    pairs it ranked, how many the cache held and how many it scored now; with qrels, its
+    metrics beside the first stage's (``steps.evaluate``). ``mode``: ``side-by-side``,
+    ``routing`` or ``single`` (one named adapter for every query)."""
+
+    mode: str
+    adapters: dict[str, dict[str, Any]]  # name -> model, scorer_key, pairs, cache_hits, cache_misses, pairs_scored
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,8 @@ PARTS = (RunHead, ReadCounts, JoinCounts, ScoreCounts, OutputCounts)
 
 def accounted(read: ReadCounts, join: JoinCounts, score: ScoreCounts) -> bool:
     """Every candidate read was scored, found in the cache, or dropped with a reason."""
-    return read.candidates_read == score.pairs_scored + score.cache_hits + sum(join.dropped.values())
+    per_pair = score.adapters_per_pair
+    return read.candidates_read * per_pair == score.pairs_scored + score.cache_hits + sum(join.dropped.values()) * per_pair
 
 
 def queries_accounted(output: OutputCounts) -> bool:
@@ -124,12 +138,13 @@ class RunSummary:
     output_counts: OutputCounts
     write: dict[str, Any]  # the writer, and for deltalake the table version
     metrics: dict[str, Any] | None = None
+    adapter_counts: AdapterCounts | None = None  # named adapters only
     stage_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not the summary's own fields: a part's field.
-        for part in ("head", "read_counts", "join_counts", "score_counts", "output_counts"):
+        for part in ("head", "read_counts", "join_counts", "score_counts", "output_counts", "adapter_counts"):
             found = self.__dict__.get(part)
             if found is not None and name in found.__dataclass_fields__:
                 return getattr(found, name)
@@ -149,6 +164,8 @@ class RunSummary:
         for part in (self.head, self.read_counts, self.join_counts, self.score_counts, self.output_counts):
             out.update(dataclasses.asdict(part))
         out.update(write=self.write, metrics=self.metrics, stage_seconds=self.stage_seconds, wall_seconds=self.wall_seconds)
+        out["adapter_mode"] = self.adapter_counts.mode if self.adapter_counts else None
+        out["adapters"] = self.adapter_counts.adapters if self.adapter_counts else None
         out["candidates_dropped"] = sum(self.join_counts.dropped.values())
         out["accounted"] = self.accounted
         out["queries_accounted"] = self.queries_accounted
@@ -196,7 +213,16 @@ class RunSummary:
             f"pairs/s={self.pairs_per_second:.1f} wall={self.wall_seconds:.1f}s"
         )
         lines.append("stages    " + ", ".join(f"{k}={v:.1f}s" for k, v in self.stage_seconds.items()))
+        if self.adapter_counts:
+            for name, each in self.adapter_counts.adapters.items():
+                lines.append(
+                    f"adapter   {name} ({self.adapter_counts.mode}): pairs={each['pairs']} hits={each['cache_hits']} "
+                    f"misses={each['cache_misses']} scored={each['pairs_scored']}"
+                )
         if self.metrics:
             for name, value in self.metrics.get("aggregate", {}).items():
                 lines.append(f"metric    {name}: {value}")
+            for name, each in (self.metrics.get("adapters") or {}).items():
+                shown = ", ".join(f"{m}={v:.4f}" for m, v in (each.get("reranked") or {}).items())
+                lines.append(f"metric    adapter {name}: {shown}")
         return "\n".join(lines)

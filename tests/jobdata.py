@@ -81,6 +81,8 @@ def a_summary(**fields):
         for f in dataclasses.fields(cls):
             base = str(f.type).split("[")[0].split(" |")[0]
             empty = None if "None" in str(f.type) else zero.get({"dict": dict, "list": list, "int": int, "float": float, "bool": bool, "str": str}.get(base))
+            if f.default is not dataclasses.MISSING:  # a field with a default (adapters_per_pair=1) keeps it
+                empty = f.default
             values[f.name] = fields.get(f.name, empty)
         return cls(**values)
 

@@ -28,6 +28,7 @@ def _rows(run_id: str, n: int, *, tag: str = "") -> pa.Table:
             "first_stage_score": pa.array([None] * n, pa.float64()),
             "run_id": [run_id] * n,
             "model": ["tiny"] * n,
+            "adapter": pa.array([None] * n, pa.string()),
         },
         schema=OUTPUT_ARROW_SCHEMA,
     )

@@ -171,6 +171,7 @@ def test_eval_cli_reads_one_run_of_a_delta_output_table(files, tmp_path, capsys)
                 "first_stage_score": pa.nulls(n, pa.float64()),
                 "run_id": [run_id] * n,
                 "model": ["m"] * n,
+                "adapter": pa.nulls(n, pa.string()),
             },
             schema=OUTPUT_ARROW_SCHEMA,
         ).drop_columns(["run_id"])

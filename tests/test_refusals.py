@@ -202,7 +202,7 @@ def test_a_commit_refused_at_write_time_leaves_no_files(spark, tmp_path):
 
     _foreign_delta(["run_id"])(tmp_path)
     before = _listing(tmp_path)
-    row = ("q", "d", 1, 1.0, 1, None, "night-9", "m")
+    row = ("q", "d", 1, 1.0, 1, None, "night-9", "m", None)
     df = spark.createDataFrame([row], S.spark_schema(S.OUTPUT_ARROW_SCHEMA))
     with pytest.raises(OutputError, match="table schema differs"):
         write_output(df, output=str(tmp_path / "out"), fmt="delta", run_id="night-9", spark_delta=False)  # deltalake

@@ -278,6 +278,8 @@ def _replace(table_uri: str, table: Any, run_id: str, adds: list, props: Any) ->
         )
         return
     check_table(table_uri, table=table)
+    # The output's schema: a table written before a column was added (ADDED_OUTPUT_COLUMNS)
+    # gains it here, null in its older rows.
     table.create_write_transaction(
         adds,
         mode="overwrite",
@@ -334,7 +336,7 @@ def check_table(table_uri: str, *, table: Any = None) -> None:
     partitions = list(table.metadata().partition_columns)
     if partitions != PARTITION_BY:
         raise OutputError(f"{table_uri}: table is partitioned by {partitions}, expected {PARTITION_BY}.")
-    diff = S.schema_difference(pa.schema(table.schema().to_arrow()), S.OUTPUT_ARROW_SCHEMA)
+    diff = S.output_schema_difference(pa.schema(table.schema().to_arrow()))
     if diff:
         raise OutputError(f"{table_uri}: table schema differs from the output schema: {diff}.")
 

@@ -8,14 +8,17 @@ The weight files are found the way transformers and PEFT find them, so the finge
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..exceptions import ModelLoadError
-from .refusals import check_config, check_head, refuse_pickles
+from .refusals import check_adapter_fits, check_config, check_head, refuse_pickles
 from .spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 # The weight files transformers and PEFT look for, in their order of preference
 # (transformers' ``_get_resolved_checkpoint_files``, PEFT's ``load_peft_weights``).
@@ -168,7 +171,19 @@ def resolve_model_files(spec: ModelSpec) -> ModelFiles:
     # A revision pin applies to the model fetched by id: the adapter when there is one.
     base_dir = resolve_dir(base_name, spec, None if spec.adapter else spec.revision)
     weights = _base_weights(base_dir, spec)
+    if adapter_dir is not None:
+        check_adapter_fits(adapter_dir, adapter_weights, base_dir, weights)
+        _warn_other_base(adapter_dir, base_dir)
     if adapter_dir is None and all(p.suffix in (".safetensors", ".json") for p in weights):  # never unpickle a whole model here
         check_head(base_dir, weights, what="model")
     read = [_files_read(base_dir, weights)] + ([_files_read(adapter_dir, adapter_weights)] if adapter_dir else [])
     return ModelFiles(base_dir=base_dir, adapter_dir=adapter_dir, read=tuple(read))
+
+
+def _warn_other_base(adapter_dir: Path, base_dir: Path) -> None:
+    """Warn when the adapter's config names a local base folder other than the one loaded
+    (``--model`` wins, as in PEFT); a hub id there is not compared, as a base is often a
+    local copy of it. Shapes that do not fit are refused (``check_adapter_fits``)."""
+    named = _read_json(adapter_dir / ADAPTER_CONFIG, "adapter config").get("base_model_name_or_path")
+    if isinstance(named, str) and Path(named).is_dir() and Path(named).resolve() != base_dir.resolve():
+        log.warning("%s: the adapter names base %s, but %s is loaded under it (--model).", adapter_dir, named, base_dir)

@@ -35,6 +35,9 @@ class LoadedModel:
     revision: str | None
     load_seconds: float
     files: list[str] = field(default_factory=list)
+    # Several adapters over one base (``adapters.AdapterBank``): swaps this one's weights
+    # in; the scorer calls it before every forward pass. None for a model of its own.
+    activate: Any = None
 
     @property
     def label(self) -> str:
@@ -64,6 +67,13 @@ def load_model(spec: ModelSpec, *, device: str | None = None) -> LoadedModel:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per executor load only clutters job logs
+    if spec.adapters:
+        from ..exceptions import ConfigError
+
+        raise ConfigError(
+            f"named adapters {list(spec.adapter_names)} are scored by the job (dear-rerank run --side-by-side or "
+            "--adapter-column); here give one unnamed --adapter PATH."
+        )
     start = time.perf_counter()
     device = resolve_device(device or spec.device)
     check_device(device)

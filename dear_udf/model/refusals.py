@@ -100,3 +100,45 @@ def check_config(path: Path, config: dict[str, Any]) -> None:
     labels = len(id2label) if isinstance(id2label, dict) else config.get("num_labels", 1)
     if labels != 1:
         raise ModelLoadError(f"{path}: num_labels is {labels} (num_labels/id2label); a DeAR reranker gives one relevance score, num_labels=1.")
+
+
+_PEFT_PREFIX = "base_model.model."
+
+
+def check_adapter_fits(adapter_dir: Path, adapter_weights: list[Path], base_dir: Path, base_weights: list[Path]) -> None:
+    """Refuse an adapter whose tensors do not fit the base's: each LoRA factor must match
+    the base layer it adapts (``lora_A`` its inputs, ``lora_B`` its outputs), and each
+    saved module (the ``score`` head) the base's module of that name. Reads safetensors
+    headers only; a pickled base or adapter is checked when it loads.
+
+    An adapter trained on another base of the same shapes is not caught here: its
+    ``base_model_name_or_path`` names that base (``files.resolve_model_files`` warns).
+
+    Example:
+        >>> check_adapter_fits(Path("/a/med"), [Path("/a/med/adapter_model.safetensors")],
+        ...                    Path("/m/base"), [Path("/m/base/model.safetensors")])
+    """
+    if any(p.suffix not in (".safetensors", ".json") for p in (*adapter_weights, *base_weights)):
+        return
+    base: dict[str, list[int]] = {}
+    for path in base_weights:
+        if path.suffix == ".safetensors":
+            base.update(_tensor_shapes(path))
+    wrong: list[str] = []
+    for path in adapter_weights:
+        for key, shape in _tensor_shapes(path).items():
+            name = key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
+            for factor, axis, side in ((".lora_A.weight", 1, "inputs"), (".lora_B.weight", 0, "outputs")):
+                if name.endswith(factor):
+                    target = name[: -len(factor)] + ".weight"
+                    if target not in base:
+                        wrong.append(f"{key} adapts {target}, which the base lacks")
+                    elif len(shape) != 2 or len(base[target]) != 2 or shape[axis] != base[target][axis]:
+                        wrong.append(f"{key} {shape} does not fit {target} {base[target]} ({side})")
+                    break
+            else:
+                if name in base and ".lora_" not in name and base[name] != shape:
+                    wrong.append(f"{key} {shape} vs the base's {name} {base[name]}")
+    if wrong:
+        shown = "; ".join(wrong[:3]) + (f"; and {len(wrong) - 3} more" if len(wrong) > 3 else "")
+        raise ModelLoadError(f"{adapter_dir}: the adapter does not fit the base model {base_dir}: {shown}.")

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..exceptions import ConfigError
 from ..model import ModelSpec
+from ..model.spec import model_flag_values
 from ..settings import add_flags, default_of, flag, flag_values
 from ..tokenization import Layout
 
@@ -144,7 +145,7 @@ def config_from_args(args: Any) -> ServeConfig:
     where = getattr(args, "config", None) or "flags"
     base = load_yaml(args.config) if getattr(args, "config", None) else {}
     flags: dict[str, Any] = {
-        "model": flag_values(args, ModelSpec),
+        "model": model_flag_values(args),
         "layout": flag_values(args, Layout),
         "serve": flag_values(args, ServeSettings),
         **{name: getattr(args, name) for name in SCORER_SETTINGS if getattr(args, name, None) is not None},
@@ -172,6 +173,11 @@ def build_serve_config(base: Mapping[str, Any], flags: Mapping[str, Any] | None 
     model = dict(values.get("model") or {})
     if not model.get("model") and not model.get("adapter"):
         raise ConfigError(f"{where}: missing required setting(s) ['model']; give --model (or --adapter) or model: in the YAML.")
+    if model.get("adapters"):
+        raise ConfigError(
+            f"{where}: serve scores with one model: one unnamed --adapter PATH, not named adapters "
+            f"({list(dict(model['adapters']))}); run one server per adapter."
+        )
     server_values = dict(values.get("serve") or {})
     # The job's batch_size and max_tokens, defaults included, are the server's: one definition.
     scoring = {name: values[name] if name in values else default_of(JobConfig, name) for name in SCORER_SETTINGS}

@@ -46,11 +46,12 @@ def run_job(config: JobConfig, *, spark: Any = None) -> RunSummary:
     try:
         inputs, read = steps.read_inputs(run)
         status, joined = steps.join(run, inputs, read)
-        scored, score = score_step.score(run, status, joined)
+        scored, score, adapters = score_step.score(run, status, joined)
         top, output = steps.top_k(run, inputs, scored, read=read, join=joined, score=score)
         metrics = steps.evaluate(run, status, top) if config.qrels is not None else None
         summary = steps.write_last(run, top, parts={
             "read_counts": read, "join_counts": joined, "score_counts": score, "output_counts": output, "metrics": metrics,
+            "adapter_counts": adapters,
         })
     finally:
         reporter.stop()

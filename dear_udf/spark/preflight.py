@@ -53,11 +53,15 @@ def check_paths(config: JobConfig, *, spark: Any = None, spark_delta: bool = Fal
             "run where Delta is in the session (Databricks, or spark-submit --packages io.delta:delta-spark_2.13), "
             "or write to a local path."
         )
-    for setting, path in (("summary", config.summary_path), ("trec_out", config.trec_out)):
+    from ..config import trec_paths
+
+    trec = list(trec_paths(config).values())
+    for setting, path in (("summary", config.summary_path), *(("trec_out", p) for p in trec)):
         if path:
             check_file_target(path, setting=setting, output=config.output, spark=spark)
-    if config.trec_out and location(config.trec_out) == location(config.summary_path):
-        raise OutputError(f"trec_out and summary are the same file, {config.trec_out}; give them different paths.")
+    for path in trec:
+        if location(path) == location(config.summary_path):
+            raise OutputError(f"trec_out and summary are the same file, {path}; give them different paths.")
     for kind in ("queries", "corpus", "candidates", "qrels"):
         spec = getattr(config, kind)
         if spec is not None:
@@ -180,7 +184,7 @@ def _check_parquet_schema(output: str, sample: str) -> None:
         found = pq.read_schema(os.path.join(output, sample))
     except (OSError, pa.ArrowInvalid) as exc:
         raise OutputError(f"{output}: {sample} is not a Parquet file ({exc}); refusing to write into the folder.") from exc
-    diff = S.schema_difference(_without_run_id(found), _without_run_id(S.OUTPUT_ARROW_SCHEMA))
+    diff = S.output_schema_difference(_without_run_id(found), _without_run_id(S.OUTPUT_ARROW_SCHEMA))
     if diff:
         raise OutputError(f"{output}: its Parquet files ({sample}) do not hold the output schema: {diff}; refusing to write into it.")
 

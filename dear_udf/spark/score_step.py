@@ -39,7 +39,7 @@ from .. import schema as S
 from ..cache.keys import chunk_count
 from ..cache.table import PAIR_KEY
 from ..paths import location
-from ..summary import JoinCounts, ScoreCounts
+from ..summary import AdapterCounts, JoinCounts, ScoreCounts
 
 if TYPE_CHECKING:
     from .score_cache import Lookup
@@ -110,17 +110,18 @@ class CacheTarget:
         return {k: v for k, v in self.fields.items() if k != "environment"}
 
 
-def cache_target(config: Any, info: Any, spark: Any, *, spark_delta: bool) -> CacheTarget:
+def cache_target(config: Any, info: Any, spark: Any, *, spark_delta: bool, spec: Any = None) -> CacheTarget:
     """The run's cache (``--cache``, a local path made absolute, or the scratch cache) and
     the scorer key it is looked up under; a path holding anything but a score cache is
-    refused now, before any input is read."""
+    refused now, before any input is read. ``spec``: the adapter's own single-adapter spec
+    when the run has named adapters (each has its own scorer key), else ``config.model``."""
     import uuid
 
     from ..cache.keys import environment, model_fields_of, scorer_fields
     from ..cache.table import check_cache
 
     uri, scratch = cache_location(config)
-    fields = scorer_fields(model_fields_of(info, config.layout), environment(_expected_device(config, spark), adapter=config.model.adapter is not None))
+    fields = scorer_fields(model_fields_of(info, config.layout), environment(_expected_device(config, spark), adapter=(spec or config.model).adapter is not None))
     target = CacheTarget(uri=uri, fields=fields, scratch=scratch, spark_delta=spark_delta,
                          transaction_id=f"dear-rerank/{config.run_id}/{uuid.uuid4().hex}")
     if not spark_delta:  # Spark's Delta checks the table when it reads it
@@ -167,64 +168,144 @@ class Scoring:
         return score_pairs(pairs, self.settings, self.counters, pass_through=(PAIR_KEY,), scorers=self.scorers)
 
 
-def _scoring(run: Any) -> Scoring:
-    from .udf import CounterParam, ScorersParam, ScoringSettings
+def _scoring(run: Any, adapter: Any, counters: Any, scorers: Any) -> Scoring:
+    """How ``adapter`` (a ``steps.AdapterTarget``) scores; with named adapters every
+    adapter of the run rides along (``bank``), so a worker loads the base once for all."""
+    from .udf import ScoringSettings
 
-    config, context = run.config, run.spark.sparkContext
+    config = run.config
+    named = None not in run.adapters
     settings = ScoringSettings(
-        spec=config.model,
+        spec=adapter.spec,
         layout=config.layout,
         batch_size=config.batch_size,
         max_tokens=config.max_tokens,
-        expected_fingerprint=run.info.fingerprint,
-        model_fields=run.cache.model_fields,
+        expected_fingerprint=adapter.info.fingerprint,
+        model_fields=adapter.cache.model_fields,
+        bank=tuple((n, t.spec, t.info.fingerprint) for n, t in run.adapters.items()) if named else None,
+        adapter=adapter.name,
     )
-    return Scoring(settings, context.accumulator({}, CounterParam()), context.accumulator({}, ScorersParam()))
+    return Scoring(settings, counters, scorers)
 
 
-def score(run: Any, status: Any, join: JoinCounts) -> tuple[Any, ScoreCounts]:
+def adapter_pairs(run: Any, pairs: Any, name: str | None) -> Any:
+    """The kept pairs adapter ``name`` ranks: all of them (one model, or side by side), or
+    under routing those of the queries routed to it (``steps.ROUTE``)."""
+    from pyspark.sql import functions as F
+
+    from .steps import ROUTE
+
+    if name is None or not run.config.adapter_column:
+        return pairs
+    return pairs.where(F.col(ROUTE) == F.lit(name))
+
+
+def score(run: Any, status: Any, join: JoinCounts) -> tuple[Any, ScoreCounts, AdapterCounts | None]:
     """Score the kept pairs the cache lacks, chunk by chunk, and return them with the cached
-    ones, the pairs of a query that DeAR ties given one score; refuses non-finite scores."""
+    ones, the pairs of a query that DeAR ties given one score; refuses non-finite scores.
+
+    With named adapters this is done per adapter, each under its own scorer key: its own
+    lookup, hit check and chunks, so a night that adds an adapter scores only that
+    adapter's pairs and one whose files changed rescores only its own. The scored pairs
+    carry ``adapter`` and ``model`` (the adapter's label) for the top-k.
+    """
+    from pyspark.sql import functions as F
+
     from .. import guards
     from . import stages
-    from .score_cache import lookup
-    from .udf import worker_errors
+    from .steps import adapter_mode
+    from .udf import CounterParam, ScorersParam, worker_errors
 
-    target = run.cache
+    context = run.spark.sparkContext
+    counters, scorers = context.accumulator({}, CounterParam()), context.accumulator({}, ScorersParam())
     with run.stage("score"):
-        scoring = _scoring(run)
         pairs = keyed_pairs(status, char_cap=run.info.char_cap)
-        begun = time.perf_counter()
-        split = lookup(pairs, uri=target.uri, scorer_key=target.scorer_key, spark_delta=target.spark_delta).counted(run.persist)
-        lookup_seconds = round(time.perf_counter() - begun, 3)
-        log.info("score: cache lookup: %d hits, %d misses in %.1fs", split.hit_count, split.miss_count, lookup_seconds)
-        hit_check = check_hits(run, split, pairs, target, scoring)
-        parts, chunks = score_misses(run, split, target, scoring)
-        scored = union_all([split.hits, *parts])
+        frames, each = [], {}
+        for name, adapter in run.adapters.items():
+            scoring = _scoring(run, adapter, counters, scorers)
+            done = _score_adapter(run, adapter_pairs(run, pairs, name), adapter, scoring)
+            frames.append(done.pop("scored").withColumn(S.ADAPTER, F.lit(name).cast("string")).withColumn(S.MODEL, F.lit(adapter.info.label)))
+            each[name] = done
+        scored = union_all(frames)
         with worker_errors():  # a worker's refusal (no CUDA there, other files) in one line
             counts = stages.score_counts(scored)
         scored = stages.tie_computed(scored)  # DeAR's ties stay ties across cached and new scores
     examples = counts.pop("non_finite_examples")
+    hits, misses = sum(e["cache_hits"] for e in each.values()), sum(e["cache_misses"] for e in each.values())
+    chunks = [chunk for e in each.values() for chunk in e["chunks"]]
     seconds = sum(chunk["seconds"] for chunk in chunks)
-    pairs_scored = counts.pop("pairs_scored") - split.hit_count  # the hits are not scored again
-    kept = split.hit_count + split.miss_count
-    used = scoring.counters.value
+    pairs_scored = counts.pop("pairs_scored") - hits  # the hits are not scored again
+    used = counters.value
+    expected = {t.cache.scorer_key for t in run.adapters.values()}
     result = ScoreCounts(
         pairs_scored=pairs_scored,
-        cache_hits=split.hit_count,
-        cache_misses=split.miss_count,
-        cache_hit_rate=round(split.hit_count / kept, 6) if kept else 0.0,
-        cache_lookup_seconds=lookup_seconds,
+        cache_hits=hits,
+        cache_misses=misses,
+        cache_hit_rate=round(hits / (hits + misses), 6) if hits + misses else 0.0,
+        cache_lookup_seconds=round(sum(e["lookup_seconds"] for e in each.values()), 3),
         chunks=chunks,
-        hit_check=hit_check,
-        scored_under_other_keys={k: json.loads(v) for k, v in scoring.scorers.value.items() if k != target.scorer_key},
+        hit_check=_hit_checks({n: e["hit_check"] for n, e in each.items()}),
+        scored_under_other_keys={k: json.loads(v) for k, v in scorers.value.items() if k not in expected},
         **counts,
         **{name: int(used.get(name, 0)) for name in ("model_loads", "oom_splits", "tasks_without_gpu", "real_tokens", "computed_tokens")},
         pairs_per_second=round(pairs_scored / seconds, 2) if seconds else 0.0,
+        adapters_per_pair=len(run.adapters) if run.config.side_by_side else 1,
     )
-    _warn_about_scoring(result, expected=target.scorer_key, pooling=run.config.layout.pooling)
+    _warn_about_scoring(result, expected=", ".join(sorted(expected)), pooling=run.config.layout.pooling)
     guards.check_scored(join, result, run_id=run.config.run_id, examples=examples)
-    return scored, result
+    per_adapter = None
+    if None not in run.adapters:
+        per_adapter = AdapterCounts(mode=adapter_mode(run.config), adapters={
+            name: {
+                "model": run.adapters[name].info.label,
+                "scorer_key": run.adapters[name].cache.scorer_key,
+                "pairs": e["cache_hits"] + e["cache_misses"],
+                "cache_hits": e["cache_hits"],
+                "cache_misses": e["cache_misses"],
+                "pairs_scored": e["cache_misses"],
+            }
+            for name, e in each.items()
+        })
+    return scored, result, per_adapter
+
+
+def _score_adapter(run: Any, pairs: Any, adapter: Any, scoring: Scoring) -> dict[str, Any]:
+    """One adapter's (or the one model's) lookup, hit check and chunks, under its scorer key."""
+    from .score_cache import lookup
+
+    target = adapter.cache
+    begun = time.perf_counter()
+    split = lookup(pairs, uri=target.uri, scorer_key=target.scorer_key, spark_delta=target.spark_delta).counted(run.persist)
+    lookup_seconds = round(time.perf_counter() - begun, 3)
+    which = "" if adapter.name is None else f" (adapter {adapter.name})"
+    log.info("score%s: cache lookup: %d hits, %d misses in %.1fs", which, split.hit_count, split.miss_count, lookup_seconds)
+    hit_check = check_hits(run, split, pairs, target, scoring)
+    parts, chunks = score_misses(run, split, target, scoring)
+    if adapter.name is not None:
+        chunks = [{"adapter": adapter.name, **chunk} for chunk in chunks]
+    return {
+        "scored": union_all([split.hits, *parts]),
+        "cache_hits": split.hit_count,
+        "cache_misses": split.miss_count,
+        "lookup_seconds": lookup_seconds,
+        "hit_check": hit_check,
+        "chunks": chunks,
+    }
+
+
+def _hit_checks(checks: dict[str | None, dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The summary's ``hit_check``: the one model's, or over named adapters the pairs
+    compared and the largest difference of all, and each adapter's."""
+    done = {name: check for name, check in checks.items() if check is not None}
+    if None in checks:
+        return checks[None]
+    if not done:
+        return None
+    return {
+        "pairs": sum(c["pairs"] for c in done.values()),
+        "max_difference": max(c["max_difference"] for c in done.values()),
+        "adapters": done,
+    }
 
 
 def _warn_about_scoring(counts: ScoreCounts, *, expected: str, pooling: str) -> None:

@@ -145,12 +145,20 @@ def kept_pairs(status: Any, *, char_cap: int | None = None) -> Any:
     return pairs
 
 
-def top_k(scored: Any, *, k: int, run_id: str, model: str) -> Any:
-    """Keep the best ``k`` per query by score; ties go to the better first-stage rank, then doc id."""
+def top_k(scored: Any, *, k: int, run_id: str, model: str | None = None) -> Any:
+    """Keep the best ``k`` per query by score; ties go to the better first-stage rank, then doc id.
+
+    Pairs scored under several adapters (an ``adapter`` column) are ranked per adapter and
+    query: one top-k each. ``model`` names the model of every row, else the ``model``
+    column of ``scored`` does (each adapter's label).
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    window = Window.partitionBy(S.QUERY_ID).orderBy(
+    adapter = F.col(S.ADAPTER) if S.ADAPTER in scored.columns else F.lit(None).cast("string")
+    scored = scored.withColumn(S.ADAPTER, adapter)
+    label = F.lit(model) if model is not None else F.col(S.MODEL)
+    window = Window.partitionBy(S.ADAPTER, S.QUERY_ID).orderBy(
         F.col(S.SCORE).desc(), F.col(S.FIRST_STAGE_RANK).asc_nulls_last(), F.col(S.DOC_ID).asc()
     )
     ranked = scored.withColumn(S.RANK, F.row_number().over(window)).filter(F.col(S.RANK) <= k)
@@ -162,7 +170,8 @@ def top_k(scored: Any, *, k: int, run_id: str, model: str) -> Any:
         F.col(S.FIRST_STAGE_RANK).cast("int").alias(S.FIRST_STAGE_RANK),
         F.col(S.FIRST_STAGE_SCORE).cast("double").alias(S.FIRST_STAGE_SCORE),
         F.lit(run_id).alias(S.RUN_ID),
-        F.lit(model).alias(S.MODEL),
+        label.cast("string").alias(S.MODEL),
+        F.col(S.ADAPTER).cast("string").alias(S.ADAPTER),
     )
 
 
@@ -215,7 +224,9 @@ def tie_computed(scored: Any) -> Any:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    shared = F.min(F.col(S.SCORE)).over(Window.partitionBy(S.QUERY_ID, S.COMPUTED_KEY))
+    # Only within one adapter: the same ids computed under two adapters are two scores.
+    within = [S.ADAPTER] if S.ADAPTER in scored.columns else []
+    shared = F.min(F.col(S.SCORE)).over(Window.partitionBy(*within, S.QUERY_ID, S.COMPUTED_KEY))
     return scored.repartition(S.QUERY_ID).withColumn(S.SCORE, shared)
 
 

@@ -40,6 +40,9 @@ class Run:
     report_png: str | None = None  # the report figure, when the run is tracked
     stage_seconds: dict[str, float] = field(default_factory=dict)
     persisted: list[Any] = field(default_factory=list)
+    # Name (None without named adapters) -> what is scored under it: one entry per
+    # adapter of the run, each with its own model facts and scorer key.
+    adapters: dict[str | None, AdapterTarget] = field(default_factory=dict)
 
     def persist(self, df: Any) -> Any:
         """Persist ``df`` for the steps after this one; released when the run ends."""
@@ -68,6 +71,21 @@ class Run:
 
 
 @dataclass(frozen=True)
+class AdapterTarget:
+    """One adapter of the run (or the run's one model, ``name`` None): its single-adapter
+    spec, the facts the driver knows of it, and the cache target of its scorer key."""
+
+    name: str | None
+    spec: Any  # ModelSpec
+    info: ModelInfo
+    cache: Any  # score_step.CacheTarget
+
+
+# The queries' routing value (--adapter-column), carried through the join to the pairs.
+ROUTE = "_adapter_route"
+
+
+@dataclass(frozen=True)
 class Inputs:
     queries: Any
     corpus: Any
@@ -88,20 +106,52 @@ def start(config: JobConfig, spark: Any = None) -> Run:
     if executors_on_this_machine(spark):  # local mode: this machine's device; else the executors decide
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, device=resolve_device(config.model.device)))
         check_device(config.model.device)
-    info = inspect_model(config.model, config.layout)
+    specs = adapter_specs(config.model, with_base=config.side_by_side_base)
+    infos = {name: inspect_model(spec, config.layout) for name, spec in specs.items()}
     apply_conf(spark, scoring_conf(config.arrow_batch_size))  # also on a session given, not built here
-    cache = score_step.cache_target(config, info, spark, spark_delta=spark_delta)
+    targets = {
+        name: AdapterTarget(name, spec, infos[name], score_step.cache_target(config, infos[name], spark, spark_delta=spark_delta, spec=spec))
+        for name, spec in specs.items()
+    }
+    first = next(iter(targets.values()))
+    # Texts are cut once for every adapter: at the largest cap any of their layouts reads.
+    info = dataclasses.replace(first.info, char_cap=max(i.char_cap for i in infos.values()))
+    cache = first.cache
+    named = None not in targets
     head = RunHead(
-        run_id=config.run_id, model=info.label, output=config.output, format=config.format,
-        settings=_settings(config, info, spark), cache=cache.uri, cache_scratch=cache.scratch,
-        scorer_key=cache.scorer_key, scorer=cache.fields,
+        run_id=config.run_id, output=config.output, format=config.format,
+        model="; ".join(f"{n}={t.info.label}" for n, t in targets.items()) if named else info.label,
+        settings=_settings(config, info, spark, targets), cache=cache.uri, cache_scratch=cache.scratch,
+        scorer_key=", ".join(t.cache.scorer_key for t in targets.values()),
+        scorer={n: t.cache.fields for n, t in targets.items()} if named else cache.fields,
     )
     report_png = tracking.report_path(config.summary_path) if config.mlflow is not None else None
     return Run(config=config, spark=spark, info=info, head=head, cache=cache, spark_delta=spark_delta,
-               started=started, report_png=report_png)
+               started=started, report_png=report_png, adapters=targets)
 
 
-def _settings(config: JobConfig, info: ModelInfo, spark: Any) -> dict[str, Any]:
+def adapter_specs(spec: Any, *, with_base: bool) -> dict[str | None, Any]:
+    """The run's adapters as single-adapter specs (``ModelSpec.each_adapter``), and with
+    ``with_base`` the base model alone, last, as ``base``. Named adapters must sit on one
+    base: refused, naming the bases, before anything is read."""
+    from ..exceptions import ModelLoadError
+    from ..model.files import resolve_model_files
+    from ..model.spec import BASE_ADAPTER
+
+    specs = spec.each_adapter()
+    if None in specs:
+        return specs
+    bases = {name: resolve_model_files(each).base_dir for name, each in specs.items()}
+    if len({str(b.resolve()) for b in bases.values()}) > 1:
+        shown = ", ".join(f"{name}: {base}" for name, base in bases.items())
+        raise ModelLoadError(f"the named adapters sit on different base models ({shown}); a run loads one base. Give --model, or run each base apart.")
+    if with_base:
+        base = spec.model or str(next(iter(bases.values())))
+        specs[BASE_ADAPTER] = dataclasses.replace(spec, model=base, adapter=None, adapters=())
+    return specs
+
+
+def _settings(config: JobConfig, info: ModelInfo, spark: Any, targets: dict[str | None, AdapterTarget]) -> dict[str, Any]:
     from .. import hooks
 
     settings = {
@@ -120,10 +170,20 @@ def _settings(config: JobConfig, info: ModelInfo, spark: Any) -> dict[str, Any]:
         "chunk_pairs": config.chunk_pairs,
         "task_pairs": config.task_pairs,
     }
+    if None not in targets:  # named adapters: each one's files, and how they are used
+        settings["adapters"] = {n: {"path": t.spec.adapter, "fingerprint": t.info.fingerprint} for n, t in targets.items()}
+        settings["adapter_mode"] = adapter_mode(config)
+        settings["adapter_column"] = config.adapter_column
+        settings["default_adapter"] = config.default_adapter
     injected = hooks.setting() or spark.sparkContext.environment.get(hooks.ENV)
     if injected:  # tests only: a run with injected faults says so
         settings["fault_injection"] = injected
     return settings
+
+
+def adapter_mode(config: JobConfig) -> str:
+    """``side-by-side``, ``routing``, or ``single`` (one adapter for every query)."""
+    return "side-by-side" if config.side_by_side else "routing" if config.adapter_column else "single"
 
 
 def read_inputs(run: Run) -> tuple[Inputs, ReadCounts]:
@@ -136,11 +196,14 @@ def read_inputs(run: Run) -> tuple[Inputs, ReadCounts]:
         # Each input is read (and a text format parsed) once: the counts below, the
         # duplicate-id checks, the join and the top-k's query counts all reuse it.
         inputs = Inputs(
-            queries=run.persist(read.read_input(run.spark, config.queries, "queries", spark_delta=run.spark_delta)),
+            queries=run.persist(read.read_input(run.spark, config.queries, "queries", spark_delta=run.spark_delta,
+                                                keep=(config.adapter_column,) if config.adapter_column else ())),
             corpus=run.persist(read.read_input(run.spark, config.corpus, "corpus", spark_delta=run.spark_delta)),
             candidates=run.persist(read.read_input(run.spark, config.candidates, "candidates", spark_delta=run.spark_delta)),
         )
-        unique = {"queries": (S.QUERY_ID, [S.QUERY]), "corpus": (S.DOC_ID, [S.TITLE, S.TEXT])}
+        # A query id repeated with two routing values would be routed at random: a conflict too.
+        routed = [config.adapter_column] if config.adapter_column else []
+        unique = {"queries": (S.QUERY_ID, [S.QUERY, *routed]), "corpus": (S.DOC_ID, [S.TITLE, S.TEXT])}
         counts = collect_row([  # one Spark action for every count of the three inputs
             input_counts(inputs.queries, "queries", text_columns=(S.QUERY,), id_column=S.QUERY_ID),
             input_counts(inputs.corpus, "corpus", text_columns=(S.TITLE, S.TEXT), id_column=S.DOC_ID),
@@ -169,12 +232,60 @@ def join(run: Run, inputs: Inputs, read: ReadCounts) -> tuple[Any, JoinCounts]:
     with run.stage("join"):
         # Each query and each document is hashed once for the score cache, before the join.
         queries, corpus = with_query_hash(inputs.queries, char_cap=cap), with_doc_hash(inputs.corpus, char_cap=cap)
-        status = stages.candidate_status(inputs.candidates, queries, corpus, depth=run.config.depth, carry=(QUERY_HASH, DOC_HASH))
+        carry = (QUERY_HASH, DOC_HASH)
+        if run.config.adapter_column:
+            queries, carry = with_route(queries, run.config), carry + (ROUTE,)
+        status = stages.candidate_status(inputs.candidates, queries, corpus, depth=run.config.depth, carry=carry)
         status = run.persist(status)
         by_reason = {row[stages.DROP_REASON]: int(row["count"]) for row in status.groupBy(stages.DROP_REASON).count().collect()}
     counts = JoinCounts(candidates_kept=by_reason.pop(None, 0), dropped=by_reason)
     guards.check_kept(read, counts, run_id=run.config.run_id, max_drop_share=run.config.max_drop_share, allow_empty=run.config.allow_empty)
+    if run.config.adapter_column:
+        check_routes(run, status)
     return status, counts
+
+
+ROUTES_LISTED = 5  # query ids named per bad routing value
+
+
+def with_route(queries: Any, config: JobConfig) -> Any:
+    """The queries with ``ROUTE``: their ``--adapter-column`` value, trimmed; empty or null
+    takes ``--default-adapter`` (null without one, refused by ``check_routes``)."""
+    from pyspark.sql import functions as F
+
+    value = F.trim(F.col(f"`{config.adapter_column}`"))
+    value = F.when(value.isNull() | (value == ""), F.lit(config.default_adapter).cast("string")).otherwise(value)
+    return queries.withColumn(ROUTE, value)
+
+
+def check_routes(run: Run, status: Any) -> None:
+    """Refuse, before any scoring, kept pairs whose query routes to no named adapter: a
+    value naming none (which values, and some of their queries), or no value and no
+    ``--default-adapter`` (some of those queries). Nothing is silently left unranked."""
+    from pyspark.sql import functions as F
+
+    from ..exceptions import InputError
+    from . import stages
+
+    config, names = run.config, list(run.config.model.adapter_names)
+    kept = status.where(F.col(stages.DROP_REASON).isNull())
+    found = {r[ROUTE]: int(r["queries"]) for r in kept.groupBy(ROUTE).agg(F.countDistinct(S.QUERY_ID).alias("queries")).collect()}
+    bad = {value: n for value, n in found.items() if value not in names}
+    if not bad:
+        return
+    problems = []
+    for value, n in sorted(bad.items(), key=lambda item: (item[0] is not None, item[0] or "")):
+        which = F.col(ROUTE).isNull() if value is None else F.col(ROUTE) == value
+        ids = [r[S.QUERY_ID] for r in kept.where(which).select(S.QUERY_ID).distinct().orderBy(S.QUERY_ID).limit(ROUTES_LISTED).collect()]
+        shown = ", ".join(ids) + (", ..." if n > len(ids) else "")
+        if value is None:
+            problems.append(f"{n} queries have no {config.adapter_column!r} value and there is no --default-adapter (e.g. {shown})")
+        else:
+            problems.append(f"{n} queries name adapter {value!r}, which is not a named adapter (e.g. {shown})")
+    raise InputError(
+        f"{config.queries.path}: routing by column {config.adapter_column!r} over adapters {names}: "
+        + "; ".join(problems) + ". Nothing was scored."
+    )
 
 
 def top_k(run: Run, inputs: Inputs, scored: Any, *, read: ReadCounts, join: JoinCounts, score: ScoreCounts) -> tuple[Any, OutputCounts]:
@@ -184,7 +295,7 @@ def top_k(run: Run, inputs: Inputs, scored: Any, *, read: ReadCounts, join: Join
     from .counts import collect_row
 
     with run.stage("topk"):
-        top = run.persist(stages.top_k(scored, k=run.config.top_k, run_id=run.config.run_id, model=run.info.label))
+        top = run.persist(stages.top_k(scored, k=run.config.top_k, run_id=run.config.run_id))
         # One Spark action. Queries with no candidate row at all have nothing to rerank, so
         # nothing is written for them: they are counted, not listed (first-stage misses are normal).
         counts = collect_row([stages.query_counts(top, candidates=inputs.candidates, queries=inputs.queries, scored=scored)])
@@ -206,7 +317,6 @@ def evaluate(run: Run, status: Any, top: Any) -> dict[str, Any]:
     """First stage (to depth) vs reranked, on the queries that have judgements, and the figure."""
     from pyspark.sql import functions as F
 
-    from ..evaluate import compare
     from . import read, stages
 
     with run.stage("evaluate"):
@@ -217,10 +327,10 @@ def evaluate(run: Run, status: Any, top: Any) -> dict[str, Any]:
             .join(judged, S.QUERY_ID, "left_semi")
             .select(S.QUERY_ID, S.DOC_ID, (-F.col(S.FIRST_STAGE_RANK).cast("double")).alias(S.SCORE))
         )
-        reranked = top.join(judged, S.QUERY_ID, "left_semi").select(S.QUERY_ID, S.DOC_ID, S.SCORE)
+        reranked = top.join(judged, S.QUERY_ID, "left_semi").select(S.QUERY_ID, S.DOC_ID, S.SCORE, S.ADAPTER)
         first, reranked, qrels = first.toArrow(), reranked.toArrow(), qrels.toArrow()
-        metrics = compare(first, reranked, qrels, k=run.config.top_k)
-        if run.report_png:
+        metrics, reranked = _adapter_metrics(run, first, reranked, qrels)
+        if run.report_png and reranked is not None:
             try:
                 from ..report import write_report
 
@@ -228,6 +338,37 @@ def evaluate(run: Run, status: Any, top: Any) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001 - the figure is extra; the run goes on
                 log.warning("could not write the report figure %s (%s: %s)", run.report_png, type(exc).__name__, exc)
     return metrics
+
+
+def _adapter_metrics(run: Run, first: Any, reranked: Any, qrels: Any) -> tuple[dict[str, Any], Any]:
+    """The run's metrics, and with named adapters each adapter's beside the first stage's
+    (``adapters``: name -> ``compare``'s result). Under routing an adapter is measured on
+    its own queries and the top-level ``reranked`` is the whole run; side by side, every
+    adapter is measured on every judged query and the top-level ``reranked`` and ``delta``
+    are None (no one run is "the" reranked one). Returns the reranked run of the figure
+    (None side by side)."""
+    import pyarrow.compute as pc
+
+    from ..evaluate import compare
+
+    k = run.config.top_k
+    if None in run.adapters:
+        return compare(first, reranked, qrels, k=k), reranked
+    each = {}
+    for name in run.adapters:
+        mine = reranked.filter(pc.equal(reranked[S.ADAPTER], name))
+        base = first
+        if run.config.adapter_column:  # this adapter's queries only
+            base = first.filter(pc.is_in(first[S.QUERY_ID], value_set=pc.unique(mine[S.QUERY_ID])))
+        each[name] = compare(base, mine, qrels, k=k)
+    if run.config.side_by_side:
+        metrics = compare(first, reranked.slice(0, 0), qrels, k=k)
+        metrics.update(reranked=None, delta=None)
+        shown = None
+    else:
+        metrics, shown = compare(first, reranked, qrels, k=k), reranked
+    metrics["adapters"] = each
+    return metrics, shown
 
 
 def write_last(run: Run, top: Any, *, parts: dict[str, Any]) -> RunSummary:
@@ -247,19 +388,26 @@ def write_last(run: Run, top: Any, *, parts: dict[str, Any]) -> RunSummary:
     from .score_step import remove_cache
     from .write import write_output
 
+    from ..config import trec_paths
+
     config = run.config
     upload = partial(hadoop.upload, run.spark)  # for a summary or TREC file at a remote location
     with ExitStack() as stack:
         summary_file = stack.enter_context(StagedFile(config.summary_path, upload=upload))
-        trec_file = stack.enter_context(StagedFile(config.trec_out, upload=upload)) if config.trec_out else None
-        if trec_file is not None:
+        trec_files = {name: stack.enter_context(StagedFile(path, upload=upload)) for name, path in trec_paths(config).items()}
+        for name, trec_file in trec_files.items():
             tag = "dear-" + re.sub(r"\s", "_", config.run_id)  # a TREC tag is one word; a run id may hold spaces
-            write_trec_batches(_in_run_order(top), trec_file.tmp, tag=tag)
+            if name is None:
+                write_trec_batches(_in_run_order(top), trec_file.tmp, tag=tag)
+            else:  # side by side: this adapter's run, tagged with its name
+                from pyspark.sql import functions as F
+
+                write_trec_batches(_in_run_order(top.where(F.col(S.ADAPTER) == name)), trec_file.tmp, tag=f"{tag}-{name}")
         with run.stage("write"):
             written = write_output(top, output=config.output, fmt=config.format, run_id=config.run_id, spark_delta=run.spark_delta)
         if run.cache.scratch:  # the output holds the night now; a rerun has nothing to resume
             remove_cache(run.spark, run.cache.uri)
-        if trec_file is not None:
+        for trec_file in trec_files.values():
             trec_file.publish()
         summary = RunSummary(head=run.head, write=written, stage_seconds=dict(run.stage_seconds),
                              wall_seconds=round(time.perf_counter() - run.started, 3), **parts)

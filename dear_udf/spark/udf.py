@@ -40,9 +40,15 @@ class ScoringSettings:
     max_tokens: int | None
     expected_fingerprint: str | None = None  # the files the driver saw; a worker reloads until it holds them
     model_fields: dict | None = None
+    # Several adapters over one base: every adapter of the run as (name, spec, fingerprint),
+    # loaded together once per worker (``model.adapters``); ``adapter`` is the one scored.
+    bank: tuple[tuple[str, ModelSpec, str], ...] | None = None
+    adapter: str | None = None
 
     @property
     def cache_key(self) -> tuple:
+        if self.bank:  # one held bank serves every adapter of the run
+            return (self.bank, self.layout, self.batch_size, self.max_tokens)
         return (self.spec, self.layout, self.batch_size, self.max_tokens)
 
 
@@ -145,6 +151,11 @@ def _task_scorer(settings: ScoringSettings) -> tuple[Any, bool, bool]:
         import torch
 
         torch.set_num_threads(max(1, TaskContext.get().cpus()))
+    if settings.bank:
+        return (*worker_model.get_adapter_scorer(
+            settings.cache_key + (device,), settings.bank, settings.adapter, device,
+            layout=settings.layout, batch_size=settings.batch_size, max_tokens=settings.max_tokens,
+        ), has_gpu)
     scorer, loaded_now = worker_model.get_scorer(
         settings.cache_key + (device,),
         settings.spec,

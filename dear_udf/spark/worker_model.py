@@ -12,7 +12,9 @@ Contract of the cache:
 - one model per GPU: give each executor its GPUs and each task one
   (``spark.executor.resource.gpu.amount=N``, ``spark.task.resource.gpu.amount=1``);
   a fractional task amount makes every concurrent task load its own copy on that GPU;
-- at most ``MAX_ENTRIES`` scorers are kept; the oldest is dropped first.
+- several adapters over one base (``get_adapter_scorer``): one entry holds the base once
+  and every adapter of the run (``model.adapters.AdapterBank``), and a scorer per adapter;
+- at most ``MAX_ENTRIES`` scorers (or banks) are kept; the oldest is dropped first.
 """
 
 from __future__ import annotations
@@ -117,3 +119,46 @@ def get_scorer(
         while len(_cache) > MAX_ENTRIES:
             _cache.popitem(last=False)
         return scorer, True
+
+
+def get_adapter_scorer(
+    key: tuple, bank: tuple, name: str, device: str, *, layout: Any, batch_size: int, max_tokens: int | None
+):
+    """This worker's scorer for adapter ``name`` of ``bank`` (every adapter of the run as
+    ``(name, spec, fingerprint)``): the base and all the adapters are loaded together on
+    first use (``model.adapters.load_adapters``) and kept as one entry; a held bank whose
+    files changed since is loaded again, and a fresh load that still differs from the
+    driver's fingerprints is refused.
+
+    Returns:
+        (scorer, loaded_now): loaded_now is True when this call loaded the bank.
+    """
+    from ..exceptions import ModelLoadError
+
+    expected = {n: fingerprint for n, _, fingerprint in bank}
+    with _lock:
+        held = _cache.get(key)
+        if held is not None and any(fp and held[n].loaded.fingerprint != fp for n, fp in expected.items()):
+            log.info("the files of adapters %s changed since this worker loaded them: loading them again", sorted(expected))
+            del _cache[key]
+            held = None
+        if held is not None:
+            _cache.move_to_end(key)
+            return held[name], False
+        from ..model.adapters import load_adapters
+        from ..scorer import Scorer
+
+        loaded = load_adapters({n: spec for n, spec, _ in bank}, device=device)
+        for n, fingerprint in expected.items():
+            if fingerprint and loaded.loaded[n].fingerprint != fingerprint:
+                raise ModelLoadError(
+                    f"adapter {n} ({loaded.loaded[n].spec.name}): the executor loaded files with fingerprint "
+                    f"{loaded.loaded[n].fingerprint[:16]}, the driver saw {fingerprint[:16]}; is the path the same everywhere?"
+                )
+        held = {n: Scorer(each, layout=layout, batch_size=batch_size, max_tokens=max_tokens) for n, each in loaded.loaded.items()}
+        _cache[key] = held
+        log.info("loaded %d adapters over one base on %s in %.1fs (%.1f MB of merged tensors beside the base)",
+                 len(held), device, loaded.load_seconds, loaded.extra_bytes() / 2**20)
+        while len(_cache) > MAX_ENTRIES:
+            _cache.popitem(last=False)
+        return held[name], True

@@ -41,6 +41,7 @@ def _spark_delta(df: Any, output: str, run_id: str) -> dict[str, Any]:
         df.write.format("delta")
         .mode("overwrite")
         .option("replaceWhere", f"{S.RUN_ID} = '{escaped}'")
+        .option("mergeSchema", "true")  # a table written before the adapter column gains it
         .partitionBy(S.RUN_ID)
         .save(output)
     )
