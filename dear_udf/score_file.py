@@ -220,37 +220,66 @@ def _chunks(table, rows: int):
 
 
 def main(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+
+    from .io.staged import StagedFile
+
+    pairs = read_pairs(args.pairs)
+    spec = ModelSpec(**{"model": None, **model_flag_values(args)})
+    scoring = {name: getattr(args, name) for name in SCORER_SETTINGS if getattr(args, name) is not None}
+    layout = Layout(**flag_values(args, Layout))
+    with StagedFile(args.out) as staged:  # the folder is checked before the model is loaded
+        models = _models(spec)
+        outs, summary = [], {"pairs": pairs.table.num_rows, "layout": "wide" if pairs.wide else "long", "out": args.out}
+        for name, loaded in models.items():
+            scores, stats = _score_all(loaded, pairs.table, layout=layout, scoring=scoring, what=name)
+            out = _ranked(pairs.table, scores) if pairs.wide else _scored(pairs.table, scores)
+            if name is not None:  # side by side: one ranking per adapter, told apart by its column
+                out = out.add_column(0, pa.field(S.ADAPTER, pa.string()), pa.array([name] * out.num_rows, pa.string()))
+                summary.setdefault("adapters", {})[name] = {"model": loaded.label, **stats}
+            else:
+                summary.update(model=loaded.label, **stats)
+            outs.append(out)
+        write_scores(pa.concat_tables(outs), staged.tmp, csv=_is_csv(args.out))
+        staged.publish()
+    print(json.dumps(summary))
+    return 0
+
+
+def _models(spec: ModelSpec) -> dict[str | None, Any]:
+    """The model to score with, or with named adapters each adapter over one loaded base
+    (``model.adapters``): every pair is scored under each, side by side, as the job's
+    ``--side-by-side`` does."""
+    if not spec.adapters:
+        from .model import load_model
+
+        return {None: load_model(spec)}
+    from .model.adapters import load_adapters
+
+    return dict(load_adapters(spec.each_adapter()).loaded)
+
+
+def _score_all(loaded: Any, table: Any, *, layout: Layout, scoring: dict[str, Any], what: str | None) -> tuple[Any, dict[str, Any]]:
+    """Every pair's score under ``loaded``, in input order, and the scorer's counts."""
     import numpy as np
     import pyarrow.compute as pc
 
     from .console import progress_bar
-    from .io.staged import StagedFile
-    from .model import load_model
     from .scorer import Scorer
 
-    pairs = read_pairs(args.pairs)
-    table = pairs.table
-    with StagedFile(args.out) as staged:  # the folder is checked before the model is loaded
-        loaded = load_model(ModelSpec(**{"model": None, **model_flag_values(args)}))
-        scoring = {name: getattr(args, name) for name in SCORER_SETTINGS if getattr(args, name) is not None}
-        scorer = Scorer(loaded, layout=Layout(**flag_values(args, Layout)), **scoring)
-        # Chunks as the Spark job's Arrow batches, whole queries each (see whole_queries): the
-        # bar moves, and on a GPU the next chunk is tokenized while the current one is scored.
-        order = pc.sort_indices(table, sort_keys=[(S.QUERY_ID, "ascending")])  # stable
-        positions = order.to_numpy()
-        scores = np.empty(table.num_rows, dtype=np.float32)
-        done = 0
-        with progress_bar(table.num_rows, desc="scoring", unit="pairs") as bar:
-            for _, _, chunk_scores in scorer.score_stream(_chunks(table.take(order), CHUNK_ROWS)):
-                scores[positions[done : done + len(chunk_scores)]] = chunk_scores
-                done += len(chunk_scores)
-                bar.update(len(chunk_scores))
-        out = _ranked(table, scores) if pairs.wide else _scored(table, scores)
-        write_scores(out, staged.tmp, csv=_is_csv(args.out))
-        staged.publish()
-    summary = {"pairs": len(scores), "layout": "wide" if pairs.wide else "long", "out": args.out, "model": loaded.label}
-    print(json.dumps({**summary, **scorer.stats.as_dict()}))
-    return 0
+    scorer = Scorer(loaded, layout=layout, **scoring)
+    # Chunks as the Spark job's Arrow batches, whole queries each (see whole_queries): the
+    # bar moves, and on a GPU the next chunk is tokenized while the current one is scored.
+    order = pc.sort_indices(table, sort_keys=[(S.QUERY_ID, "ascending")])  # stable
+    positions = order.to_numpy()
+    scores = np.empty(table.num_rows, dtype=np.float32)
+    done = 0
+    with progress_bar(table.num_rows, desc="scoring" if what is None else f"scoring ({what})", unit="pairs") as bar:
+        for _, _, chunk_scores in scorer.score_stream(_chunks(table.take(order), CHUNK_ROWS)):
+            scores[positions[done : done + len(chunk_scores)]] = chunk_scores
+            done += len(chunk_scores)
+            bar.update(len(chunk_scores))
+    return scores, scorer.stats.as_dict()
 
 
 def _scored(table: Any, scores: Any) -> Any:

@@ -317,8 +317,35 @@ def test_an_output_table_written_before_the_adapter_column_keeps_working(spark, 
     assert {r[S.RUN_ID] for r in rows} == {"night-0", "night-1"} and all(r[S.ADAPTER] is None for r in rows)
 
 
-def test_the_score_command_refuses_named_adapters_instead_of_scoring_the_base(adapters, tmp_path):
+def test_the_score_command_scores_named_adapters_side_by_side(adapters, tmp_path):
+    """`score` with named adapters: every pair under each, told apart by the `adapter`
+    column, each adapter's rows what a single-adapter `score` of it writes; a single model
+    load (load_model) still refuses named adapters rather than scoring the base."""
+    import csv
+
+    from dear_udf.cli import main
     from dear_udf.model import ModelSpec, load_model
 
     with pytest.raises(ConfigError, match=r"named adapters \['a', 'b'\] are scored by the job"):
         load_model(ModelSpec(model=str(adapters["base_dir"]), adapters={"a": str(adapters["med"]), "b": str(adapters["law"])}))
+    pairs = tmp_path / "queries_docs.csv"
+    with open(pairs, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["query_id", "query", "documents"])
+        w.writerow(["q1", QUERIES[0], json.dumps(TEXTS)])
+        w.writerow(["q2", QUERIES[1], json.dumps([["Giraffe", TEXTS[1]], TEXTS[0]])])
+    base = ["score", "--model", str(adapters["base_dir"]), "--device", "cpu", "--pairs", str(pairs)]
+
+    def rows(path):
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    assert main([*base, "--adapter", f"med={adapters['med']}", "--adapter", f"law={adapters['law']}", "--out", str(tmp_path / "both.csv")]) == 0
+    both = rows(tmp_path / "both.csv")
+    assert list(both[0]) == ["adapter", "query_id", "doc_index", "rank", "score"]
+    for name in ("med", "law"):
+        assert main([*base, "--adapter", str(adapters[name]), "--out", str(tmp_path / f"{name}.csv")]) == 0
+        alone = rows(tmp_path / f"{name}.csv")
+        mine = [{k: v for k, v in r.items() if k != "adapter"} for r in both if r["adapter"] == name]
+        assert mine == alone and len(alone) == 6
+    assert [r["score"] for r in both if r["adapter"] == "med"] != [r["score"] for r in both if r["adapter"] == "law"]
