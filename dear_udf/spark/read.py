@@ -116,7 +116,7 @@ def _read_text(spark: Any, path: str, kind: str, fmt: str) -> Any:
     return parsed.drop(*[n for n, _ in _MARKS])
 
 
-def _read_jsonl(spark: Any, path: str, kind: str, mapping: Mapping[str, str], keep: tuple[str, ...] = ()) -> Any:
+def _read_jsonl(spark: Any, path: str, kind: str, mapping: Mapping[str, str], carry: tuple[str, ...] = ()) -> Any:
     """JSON Lines with ``io.text.json_keys`` and ``json_batch``, the local reader's
     functions, applied to each Arrow batch of lines: the same rows, values and errors.
 
@@ -146,7 +146,7 @@ def _read_jsonl(spark: Any, path: str, kind: str, mapping: Mapping[str, str], ke
     except rules.ColumnError as exc:
         raise InputError(f"{path}: {exc}") from exc
     types = {source: S.INPUT_SCHEMAS[kind].field(canonical).type for canonical, source in chosen.items()}
-    types.update((name, pa.string()) for name in keep if name in {r["key"] for r in found})
+    types.update((name, pa.string()) for name in carry if name in {r["key"] for r in found})
     value_schema = pa.schema(list(types.items()))
 
     def values_of(batches: Any) -> Any:
@@ -283,7 +283,7 @@ def _delta_table(path: str) -> Any:
     return table
 
 
-def _read_raw(spark: Any, spec: InputSpec, kind: Kind, spark_delta: bool, keep: tuple[str, ...] = ()) -> Any:
+def _read_raw(spark: Any, spec: InputSpec, kind: Kind, spark_delta: bool, carry: tuple[str, ...] = ()) -> Any:
     fmt = check_input(spec, kind)
     if fmt == "table":
         try:
@@ -295,21 +295,21 @@ def _read_raw(spark: Any, spec: InputSpec, kind: Kind, spark_delta: bool, keep: 
         inner = beir_file(spec.path, kind).for_spark
         if kind == "qrels":
             return _read_text(spark, inner, kind, "qrels")
-        return _read_jsonl(spark, inner, kind, spec.columns, keep)
+        return _read_jsonl(spark, inner, kind, spec.columns, carry)
     if fmt == "parquet":
         return _read_parquet(spark, path)
     if fmt == "delta":
         return _read_delta(spark, path, spark_delta)
     if fmt == "jsonl":
-        return _read_jsonl(spark, path, kind, spec.columns, keep)
+        return _read_jsonl(spark, path, kind, spec.columns, carry)
     if fmt == "csv":
         return _read_csv(spark, path, kind, spec.columns)
     return _read_text(spark, path, kind, fmt)
 
 
-def _canonical(df: Any, spec: InputSpec, kind: Kind, keep: tuple[str, ...] = ()) -> Any:
+def _canonical(df: Any, spec: InputSpec, kind: Kind, carry: tuple[str, ...] = ()) -> Any:
     """Rename to canonical columns, cast ids to string, and check required columns; the
-    ``keep`` columns come along as strings, under their own names."""
+    ``carry`` columns come along as strings, under their own names."""
     from pyspark.sql import functions as F
 
     # CSV's parser has applied the mapping already, file by file (each has its own header).
@@ -318,11 +318,11 @@ def _canonical(df: Any, spec: InputSpec, kind: Kind, keep: tuple[str, ...] = ())
         chosen = rules.resolve_columns(kind, df.columns, mapping)
     except rules.ColumnError as exc:
         raise InputError(f"{spec.path}: {exc}") from exc
-    absent = [name for name in keep if name not in df.columns]
+    absent = [name for name in carry if name not in df.columns]
     if absent:
         raise InputError(f"{spec.path}: no column {absent[0]!r} (asked for by --adapter-column) in the {kind}; columns present: {df.columns}.")
     selected = [F.col(f"`{source}`").alias(canonical) for canonical, source in chosen.items()]
-    selected += [F.col(f"`{name}`").cast("string").alias(name) for name in keep if name not in chosen]
+    selected += [F.col(f"`{name}`").cast("string").alias(name) for name in carry if name not in chosen]
     out = df.select(*selected)
     for id_col in (S.QUERY_ID, S.DOC_ID):
         if id_col in out.columns:
@@ -343,9 +343,9 @@ def _canonical(df: Any, spec: InputSpec, kind: Kind, keep: tuple[str, ...] = ())
     return out
 
 
-def read_input(spark: Any, spec: InputSpec, kind: Kind, *, spark_delta: bool | None = None, keep: tuple[str, ...] = ()) -> Any:
+def read_input(spark: Any, spec: InputSpec, kind: Kind, *, spark_delta: bool | None = None, carry: tuple[str, ...] = ()) -> Any:
     """Read one input as a DataFrame with the canonical columns of ``kind``, and the
-    ``keep`` columns of the table as strings (the routing column of the queries).
+    ``carry`` columns of the table as strings (the routing column of the queries).
 
     Raises:
         InputError: the path does not exist, the format is unknown, a line is malformed,
@@ -359,9 +359,9 @@ def read_input(spark: Any, spec: InputSpec, kind: Kind, *, spark_delta: bool | N
 
         spark_delta = has_spark_delta(spark)
     try:
-        df = _read_raw(spark, spec, kind, spark_delta, keep)
+        df = _read_raw(spark, spec, kind, spark_delta, carry)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - Spark's AnalysisException and friends
         raise InputError(f"{spec.path}: cannot read as {kind} ({type(exc).__name__}: {str(exc)[:500]}).") from exc
-    return _canonical(df, spec, kind, keep)
+    return _canonical(df, spec, kind, carry)

@@ -197,7 +197,7 @@ def read_inputs(run: Run) -> tuple[Inputs, ReadCounts]:
         # duplicate-id checks, the join and the top-k's query counts all reuse it.
         inputs = Inputs(
             queries=run.persist(read.read_input(run.spark, config.queries, "queries", spark_delta=run.spark_delta,
-                                                keep=(config.adapter_column,) if config.adapter_column else ())),
+                                                carry=(config.adapter_column,) if config.adapter_column else ())),
             corpus=run.persist(read.read_input(run.spark, config.corpus, "corpus", spark_delta=run.spark_delta)),
             candidates=run.persist(read.read_input(run.spark, config.candidates, "candidates", spark_delta=run.spark_delta)),
         )
