@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,6 +16,8 @@ from dear_udf.exceptions import ModelLoadError
 from dear_udf.model import ModelSpec, load_model
 from dear_udf.scorer import Scorer
 from dear_udf.testing import EOS, build_broken_model, vocabulary
+
+from .probes import run_without_pyspark
 
 # bf16 weights and activations (score head in fp32) against the fp32 reference. Measured
 # on the tiny model: max |diff| 0.021 for scores spread over about [-1.8, 1.0] (std 0.53);
@@ -387,19 +387,10 @@ def test_core_imports_without_pyspark_and_without_torch():
         """
         import sys
 
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "pyspark":
-                    raise ImportError("pyspark is blocked in this test")
-                return None
-
-        sys.meta_path.insert(0, Block())
         import dear_udf, dear_udf.tokenization, dear_udf.model, dear_udf.scorer, dear_udf.config
         heavy = sorted(m for m in ("torch", "transformers", "peft", "pyspark") if m in sys.modules)
         assert not heavy, f"imported at import time: {heavy}"
         print("ok")
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    run_without_pyspark(code)

@@ -18,6 +18,7 @@ from dear_udf.exceptions import ConfigError
 from dear_udf.scorer import PREFIX_MIN_PAIRS, Scorer, plan_batches, shared_prefix_lengths
 from dear_udf.tokenization import POOLING_RULES, SPECIAL_TOKEN_MODES, Layout
 from tests.test_scorer import BATTERY, VARIANTS, _assert_same_order, _doc_ending_in_bang, _load, _reference, _words
+from tests.probes import record_shapes
 
 TOL = 1e-5  # max |difference| in float32, against today's path and against the reference
 
@@ -187,14 +188,7 @@ def test_prefix_states_beyond_the_memory_bound_are_held_in_turns(tiny_models, ro
     qids, queries, titles, texts = rows
     ref = _reference(tiny_models, "index227", special_tokens="split").score(queries, titles, texts)
     scorer = Scorer(loaded, batch_size=128, prefix_min_pairs=1)
-    calls: list[tuple[int, int]] = []
-    inner = scorer.prefix_forward
-
-    def recording(input_ids, *rest):
-        calls.append(tuple(input_ids.shape))
-        return inner(input_ids, *rest)
-
-    scorer.prefix_forward = recording
+    calls = record_shapes(scorer, "prefix_forward")
     got = scorer.score(queries, titles, texts)
     assert float(np.max(np.abs(got - ref))) <= TOL
     _assert_same_order(qids, got, ref)
@@ -207,14 +201,7 @@ def test_max_tokens_caps_the_positions_each_micro_batch_computes(tiny_models, ro
     loaded = _load(tiny_models, "index227")
     _, queries, titles, texts = rows
     scorer = Scorer(loaded, batch_size=128, max_tokens=300)
-    shapes: list[tuple[int, int]] = []
-    inner = scorer.forward
-
-    def recording(input_ids, *rest):
-        shapes.append(tuple(input_ids.shape))
-        return inner(input_ids, *rest)
-
-    scorer.forward = recording
+    shapes = record_shapes(scorer)
     got = scorer.score(queries, titles, texts)
     ref = _reference(tiny_models, "index227", special_tokens="split").score(queries, titles, texts)
     assert float(np.max(np.abs(got - ref))) <= TOL

@@ -22,6 +22,8 @@ from dear_udf.testing.reference import DearReference
 from dear_udf.scorer import Scorer, plan_batches
 from dear_udf.testing import BOS, EOS, vocabulary
 
+from .probes import record_shapes
+
 TOL = 1e-4  # max |scorer - reference| in float32
 VARIANTS = ["index227", "last", "index227-lora", "last-lora"]
 BANG = 0  # "!" in the test tokenizer, as in Llama-3
@@ -328,24 +330,11 @@ def test_batches_depend_only_on_row_content():
 # -- options ---------------------------------------------------------------------------
 
 
-def _record_batch_shapes(scorer) -> list[tuple[int, int]]:
-    """The (rows, width) of every forward pass the scorer makes from now on."""
-    shapes: list[tuple[int, int]] = []
-    inner = scorer.forward
-
-    def recording(input_ids, *rest):
-        shapes.append(tuple(input_ids.shape))
-        return inner(input_ids, *rest)
-
-    scorer.forward = recording
-    return shapes
-
-
 def test_max_tokens_caps_each_micro_batch(index227):
     loaded, ref = index227
     _, queries, titles, texts = BATTERY
     scorer = Scorer(loaded, batch_size=128, max_tokens=600)
-    shapes = _record_batch_shapes(scorer)
+    shapes = record_shapes(scorer)
     got = scorer.score(queries, titles, texts)
     assert float(np.max(np.abs(got - ref))) <= TOL
     # Every distinct computed sequence exactly once (repeats share a forward pass).
@@ -364,7 +353,7 @@ def test_cpu_default_token_budget(index227):
     _, queries, titles, texts = BATTERY
     scorer = Scorer(loaded, batch_size=128)
     assert scorer.max_tokens == CPU_TOKEN_BUDGET
-    shapes = _record_batch_shapes(scorer)
+    shapes = record_shapes(scorer)
     got = scorer.score(queries * 40, titles * 40, texts * 40)
     assert float(np.max(np.abs(got - np.tile(ref, 40)))) <= TOL
     assert len(shapes) > 1 and all(rows * width <= CPU_TOKEN_BUDGET for rows, width in shapes)
