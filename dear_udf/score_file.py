@@ -147,9 +147,9 @@ def _read_jsonl(path: str) -> tuple[Any, list[str]]:
     import pyarrow as pa
 
     from .io import rules, text
-    from .io.formats import _lines
+    from .io.formats import read_lines
 
-    lines = list(_lines(path))
+    lines = list(read_lines(path))
     keys, bad, reason = text.json_keys(lines)
     if bad is not None:
         raise text.line_error(path, bad + 1, reason)

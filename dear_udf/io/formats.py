@@ -198,7 +198,7 @@ def read_local(spec: InputSpec, kind: str) -> pa.Table:
     return _conform(table, kind, path)
 
 
-def _lines(path: str) -> Iterator[str]:
+def read_lines(path: str) -> Iterator[str]:
     """Every line of a text file (``.gz`` too), decoded by ``rules.decode_line``: invalid
     UTF-8 becomes U+FFFD, as in Spark; lines end at ``\\n`` only."""
     opener: Callable[..., Any] = gzip.open if path.endswith(".gz") else open
@@ -212,7 +212,7 @@ def _lines(path: str) -> Iterator[str]:
 
 def _read_text(path: str, kind: str, fmt: str) -> pa.Table:
     """TSV, TREC runs and qrels: ``text.parse_lines`` over the file's lines."""
-    lines = list(_lines(path))
+    lines = list(read_lines(path))
     first = next((line for line in lines if not rules.is_blank(line)), None)
     batch, bad, reason = text.parse_lines(lines, text.layout_for(kind, fmt, first, path=path), first=True)
     if bad is not None:
@@ -229,7 +229,7 @@ def _resolve(path: str, kind: str, present: list[str], mapping: Mapping[str, str
 
 def _read_jsonl(path: str, kind: str, mapping: Mapping[str, str]) -> pa.Table:
     """JSON Lines with ``text.json_keys`` and ``text.json_batch``, as Spark does."""
-    lines = list(_lines(path))
+    lines = list(read_lines(path))
     keys, bad, reason = text.json_keys(lines)
     if bad is not None:
         raise text.line_error(path, bad + 1, reason)
