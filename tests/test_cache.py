@@ -605,10 +605,11 @@ def test_cache_compact_refusals_name_the_problem(tmp_path, capsys):
     assert cache_stats(uri)["version"] == version  # untouched
 
 
-def _compact_while(uri: str, stop, results) -> None:
+def _compact_while(uri: str, ready, stop, results) -> None:
     """Compact again and again until told to stop; report each outcome."""
     from dear_udf.cache import cache_compact
 
+    ready.set()  # imported: the night's appends start now, so the two overlap however slow the start
     while not stop.is_set():
         try:
             got = cache_compact(uri)
@@ -623,9 +624,10 @@ def test_compaction_racing_a_nights_appends_loses_no_entry(tmp_path):
     _nights_of_chunks(uri, nights=1)
     expected = {r[1] for r in _all_rows(uri)}
     ctx = multiprocessing.get_context("spawn")
-    stop, results = ctx.Event(), ctx.Queue()
-    compactor = ctx.Process(target=_compact_while, args=(uri, stop, results))
+    ready, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    compactor = ctx.Process(target=_compact_while, args=(uri, ready, stop, results))
     compactor.start()
+    assert ready.wait(timeout=120), "the compacting process did not start"
     try:
         for chunk in range(30):
             pair_keys = [f"racing-{chunk}-{j}" for j in range(20)]
